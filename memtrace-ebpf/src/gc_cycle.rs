@@ -1,0 +1,39 @@
+//! `gc_cycle`: on `runtime.gcSweep`, which runs once per GC cycle with the world stopped,
+//! after mark termination, when the cycle's heap numbers are final.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::uprobe, programs::ProbeContext};
+use memtrace_common::{flags, tag, GcCycle};
+
+use crate::{
+    maps::EVENTS,
+    target::{current, read},
+};
+
+#[uprobe]
+pub fn gc_cycle(_ctx: ProbeContext) -> u32 {
+    let Some((tgid, config, stats)) = current() else {
+        return 0;
+    };
+    stats.gc_cycles += 1;
+    let mut cycle = GcCycle {
+        flags: config.flags & flags::GC_GLOBALS,
+        ..GcCycle::default()
+    };
+    if cycle.flags != 0 {
+        cycle.cycle = read::<u32>(stats, config.work_cycles_addr).unwrap_or(0) as u64;
+        if let Some([start, end, marked]) = read::<[u64; 3]>(stats, config.work_heap0_addr) {
+            cycle.heap_start = start;
+            cycle.heap_end = end;
+            cycle.heap_marked = marked;
+        }
+        cycle.heap_goal = read::<u64>(stats, config.heap_goal_addr).unwrap_or(0);
+    }
+    cycle.header.tag = tag::GC_CYCLE;
+    cycle.header.tgid = tgid;
+    // SAFETY: no preconditions.
+    cycle.header.ts_ns = unsafe { bpf_ktime_get_ns() };
+    if EVENTS.output::<GcCycle>(&cycle, 0).is_err() {
+        stats.ringbuf_drops += 1;
+    }
+    0
+}

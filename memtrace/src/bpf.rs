@@ -1,0 +1,287 @@
+//! Loading the eBPF object, configuring targets, attaching probes, reading counters.
+
+use std::{io, path::Path};
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        UProbe,
+    },
+    util::nr_cpus,
+    Ebpf, EbpfLoader,
+};
+use memtrace_common::{
+    global_counter, TargetConfig, TargetStats, EXP_TABLE_ENTRIES, EXP_TABLE_SHIFT,
+    NUM_SIZE_CLASSES,
+};
+
+use crate::{
+    error::{Error, Result},
+    probes::ProbePlan,
+    runtime::size_to_class_table,
+};
+
+/// The eBPF object built by build.rs from memtrace-ebpf.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
+
+/// Ring-buffer size: 16 MiB holds ~15,000 stack samples, seconds of headroom at any sample rate
+/// the defaults produce.
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+
+/// Which program goes on the allocation sites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocProbe {
+    /// Count every allocation and sample stacks.
+    Trace,
+    /// A no-op program: measures the kernel's trap cost alone (benchmarks).
+    Floor,
+}
+
+/// The loaded eBPF object.
+pub struct Tracer {
+    ebpf: Ebpf,
+    links: Vec<(&'static str, UProbeLinkId)>,
+}
+
+/// Maps an aya error to ours, telling permission problems apart.
+fn bpf_error(what: &str, error: impl std::error::Error + 'static) -> Error {
+    let message = format!("{what}: {error}");
+    let mut source: Option<&dyn std::error::Error> = Some(&error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if matches!(io.kind(), io::ErrorKind::PermissionDenied)
+                || io.raw_os_error() == Some(libc::EPERM)
+            {
+                return Error::PermissionDenied(message);
+            }
+        }
+        source = e.source();
+    }
+    Error::BpfUnavailable(message)
+}
+
+impl Tracer {
+    /// Loads the programs and fills the lookup tables. Needs CAP_BPF and CAP_PERFMON (root).
+    pub fn load(ring_bytes: u32) -> Result<Tracer> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(Error::BpfUnavailable(
+                "this memtrace was built with AYA_BUILD_SKIP=1, without its eBPF programs".into(),
+            ));
+        }
+        // Locked memory limits only matter on kernels before 5.11; raising them is harmless.
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: setrlimit only reads the struct we pass.
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", ring_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| bpf_error("loading the eBPF programs", e))?;
+        for name in ["alloc_entry", "alloc_floor", "gc_cycle"] {
+            let program: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::BpfUnavailable(format!("program {name} missing")))?
+                .try_into()
+                .map_err(|e| bpf_error(name, e))?;
+            program.load().map_err(|e| bpf_error(name, e))?;
+        }
+        let mut tracer = Tracer {
+            ebpf,
+            links: Vec::new(),
+        };
+        tracer.fill_tables()?;
+        Ok(tracer)
+    }
+
+    fn fill_tables(&mut self) -> Result<()> {
+        let mut classes: Array<_, u8> = Array::try_from(self.map_mut("SIZE_TO_CLASS")?)
+            .map_err(|e| bpf_error("SIZE_TO_CLASS", e))?;
+        for (index, class) in size_to_class_table().into_iter().enumerate() {
+            classes
+                .set(index as u32, class, 0)
+                .map_err(|e| bpf_error("SIZE_TO_CLASS", e))?;
+        }
+        let mut draws: Array<_, u64> = Array::try_from(self.map_mut("EXP_TABLE")?)
+            .map_err(|e| bpf_error("EXP_TABLE", e))?;
+        for (index, draw) in exponential_quantiles().into_iter().enumerate() {
+            draws
+                .set(index as u32, draw, 0)
+                .map_err(|e| bpf_error("EXP_TABLE", e))?;
+        }
+        Ok(())
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| Error::BpfUnavailable(format!("map {name} missing")))
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| Error::BpfUnavailable(format!("map {name} missing")))
+    }
+
+    /// Registers a process: the probes ignore processes without an entry.
+    pub fn add_target(&mut self, pid: u32, config: TargetConfig) -> Result<()> {
+        let cpus = nr_cpus().map_err(|(what, e)| bpf_error(what, e))?;
+        let zero = PerCpuValues::try_from(vec![TargetStats::ZERO; cpus])
+            .map_err(|e| bpf_error("STATS", e))?;
+        let mut stats: PerCpuHashMap<_, u32, TargetStats> =
+            PerCpuHashMap::try_from(self.map_mut("STATS")?).map_err(|e| bpf_error("STATS", e))?;
+        stats.insert(pid, zero, 0).map_err(|e| bpf_error("STATS", e))?;
+        let mut targets: HashMap<_, u32, TargetConfig> =
+            HashMap::try_from(self.map_mut("TARGETS")?).map_err(|e| bpf_error("TARGETS", e))?;
+        targets
+            .insert(pid, config, 0)
+            .map_err(|e| bpf_error("TARGETS", e))
+    }
+
+    /// Attaches the planned probes to `binary` (a path the kernel resolves to the executable's
+    /// inode, e.g. /proc/PID/exe), firing only in process `pid`.
+    pub fn attach(
+        &mut self,
+        plan: &ProbePlan,
+        binary: &Path,
+        pid: u32,
+        alloc_probe: AllocProbe,
+    ) -> Result<()> {
+        let scope = UProbeScope::OneProcess(
+            std::num::NonZeroU32::new(pid).ok_or(Error::NoSuchProcess(pid))?,
+        );
+        let alloc_program = match alloc_probe {
+            AllocProbe::Trace => "alloc_entry",
+            AllocProbe::Floor => "alloc_floor",
+        };
+        let mut attach = |program: &'static str, offset: u64, cookie: u64, what: &str| {
+            let uprobe: &mut UProbe = self
+                .ebpf
+                .program_mut(program)
+                .ok_or_else(|| Error::BpfUnavailable(format!("program {program} missing")))?
+                .try_into()
+                .map_err(|e| bpf_error(program, e))?;
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(offset),
+                cookie: Some(cookie),
+            };
+            let link = uprobe
+                .attach(point, binary, scope)
+                .map_err(|e| bpf_error(&format!("attaching to {what}"), e))?;
+            self.links.push((program, link));
+            Ok::<_, Error>(())
+        };
+        for site in &plan.alloc {
+            attach(alloc_program, site.file_offset, site.entry_kind, &site.function)?;
+        }
+        if let Some(site) = &plan.gc_cycle {
+            attach("gc_cycle", site.file_offset, 0, &site.function)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every probe. Also happens on drop.
+    pub fn detach_all(&mut self) {
+        for (program, link) in self.links.drain(..) {
+            if let Some(Ok(uprobe)) = self
+                .ebpf
+                .program_mut(program)
+                .map(<&mut UProbe>::try_from)
+            {
+                let _ = uprobe.detach(link);
+            }
+        }
+    }
+
+    /// A target's statistics, summed over CPUs.
+    pub fn stats(&self, pid: u32) -> Result<TargetStats> {
+        let map: PerCpuHashMap<_, u32, TargetStats> =
+            PerCpuHashMap::try_from(self.map("STATS")?).map_err(|e| bpf_error("STATS", e))?;
+        let per_cpu = map.get(&pid, 0).map_err(|e| bpf_error("STATS", e))?;
+        Ok(sum_stats(per_cpu.iter()))
+    }
+
+    /// Losses not attributable to a target, summed over CPUs (see `global_counter`).
+    pub fn global_counters(&self) -> Result<[u64; global_counter::COUNT as usize]> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("GLOBAL_COUNTERS")?)
+            .map_err(|e| bpf_error("GLOBAL_COUNTERS", e))?;
+        let mut totals = [0; global_counter::COUNT as usize];
+        for (index, total) in totals.iter_mut().enumerate() {
+            let values = map
+                .get(&(index as u32), 0)
+                .map_err(|e| bpf_error("GLOBAL_COUNTERS", e))?;
+            *total = values.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// Takes the ring buffer out, for the event loop.
+    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| Error::BpfUnavailable("map EVENTS missing".into()))?;
+        RingBuf::try_from(map).map_err(|e| bpf_error("EVENTS", e))
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+/// Adds up per-CPU statistics (the sampler countdown is per CPU and not summed).
+pub fn sum_stats<'a>(per_cpu: impl IntoIterator<Item = &'a TargetStats>) -> TargetStats {
+    let mut total = TargetStats::ZERO;
+    for s in per_cpu {
+        total.objects += s.objects;
+        total.requested_bytes += s.requested_bytes;
+        total.tiny_objects += s.tiny_objects;
+        total.tiny_blocks += s.tiny_blocks;
+        total.large_objects += s.large_objects;
+        total.large_bytes += s.large_bytes;
+        for class in 0..NUM_SIZE_CLASSES {
+            total.class_objects[class] += s.class_objects[class];
+        }
+        total.samples += s.samples;
+        total.gc_cycles += s.gc_cycles;
+        total.ringbuf_drops += s.ringbuf_drops;
+        total.stack_failures += s.stack_failures;
+        total.stack_truncated += s.stack_truncated;
+        total.read_failures += s.read_failures;
+    }
+    total
+}
+
+/// Quantiles of the unit exponential distribution at (i + 0.5) / N, in fixed point: drawing a
+/// uniformly random entry gives an (almost) exponentially distributed gap without floating
+/// point in BPF.
+pub fn exponential_quantiles() -> Vec<u64> {
+    let n = f64::from(EXP_TABLE_ENTRIES);
+    (0..EXP_TABLE_ENTRIES)
+        .map(|i| {
+            let u = (f64::from(i) + 0.5) / n;
+            let draw = -(1.0 - u).ln();
+            (draw * f64::from(1u32 << EXP_TABLE_SHIFT)).round() as u64
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_table_has_unit_mean() {
+        let table = exponential_quantiles();
+        let mean = table.iter().sum::<u64>() as f64 / table.len() as f64;
+        let mean = mean / f64::from(1u32 << EXP_TABLE_SHIFT);
+        assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
+        assert!(table.windows(2).all(|w| w[0] <= w[1]));
+    }
+}

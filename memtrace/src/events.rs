@@ -1,0 +1,166 @@
+//! Decoding ring-buffer records into events.
+//!
+//! Live sessions decode records straight from the ring buffer; recorded traces will decode the
+//! same bytes from a file. Both feed the same analysis.
+
+use memtrace_common::{tag, AllocSample, GcCycle, RecordHeader, NUM_SIZE_CLASSES};
+
+use crate::runtime::class_size;
+
+/// One decoded record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Alloc(AllocEvent),
+    Gc(GcEvent),
+}
+
+/// A sampled allocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllocEvent {
+    pub pid: u32,
+    pub ts_ns: u64,
+    pub size: u64,
+    pub slot_size: u64,
+    pub class: u32,
+    pub goid: u64,
+    /// Runtime addresses, innermost first; empty when the stack could not be captured.
+    pub stack: Vec<u64>,
+}
+
+/// A completed GC cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcEvent {
+    pub pid: u32,
+    pub ts_ns: u64,
+    /// `work.cycles`, when the binary's symbols let us read it.
+    pub cycle: Option<u64>,
+    pub heap_start: u64,
+    pub heap_end: u64,
+    pub heap_marked: u64,
+    pub heap_goal: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is too short")]
+    Truncated(usize),
+    #[error("unknown record tag {0}")]
+    UnknownTag(u32),
+}
+
+/// Reads a `T` from the start of `bytes`, if it is long enough.
+fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length was checked; `T` is one of the #[repr(C)] integer-only records of
+    // memtrace-common, valid for any bit pattern; read_unaligned copes with any alignment.
+    Some(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
+}
+
+impl Event {
+    pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+        let header: RecordHeader =
+            read_record(bytes).ok_or(DecodeError::Truncated(bytes.len()))?;
+        match header.tag {
+            tag::ALLOC_SAMPLE => {
+                let sample: AllocSample =
+                    read_record(bytes).ok_or(DecodeError::Truncated(bytes.len()))?;
+                let depth = (sample.stack_len as usize).min(sample.stack.len());
+                // The probe leaves small objects' slot size to us: it is their class's size.
+                let slot_size = if (sample.class as usize) < NUM_SIZE_CLASSES {
+                    class_size(sample.class)
+                } else {
+                    sample.slot_size
+                };
+                Ok(Event::Alloc(AllocEvent {
+                    pid: header.tgid,
+                    ts_ns: header.ts_ns,
+                    size: sample.size,
+                    slot_size,
+                    class: sample.class,
+                    goid: sample.goid,
+                    stack: sample.stack[..depth].to_vec(),
+                }))
+            }
+            tag::GC_CYCLE => {
+                let cycle: GcCycle =
+                    read_record(bytes).ok_or(DecodeError::Truncated(bytes.len()))?;
+                Ok(Event::Gc(GcEvent {
+                    pid: header.tgid,
+                    ts_ns: header.ts_ns,
+                    cycle: (cycle.flags != 0 && cycle.cycle != 0).then_some(cycle.cycle),
+                    heap_start: cycle.heap_start,
+                    heap_end: cycle.heap_end,
+                    heap_marked: cycle.heap_marked,
+                    heap_goal: cycle.heap_goal,
+                }))
+            }
+            other => Err(DecodeError::UnknownTag(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use memtrace_common::{class, MAX_STACK_DEPTH};
+
+    use super::*;
+
+    fn bytes_of<T>(value: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain #[repr(C)] value.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_an_alloc_sample() {
+        let mut stack = [0u64; MAX_STACK_DEPTH];
+        stack[..3].copy_from_slice(&[0x401000, 0x402000, 0x403000]);
+        let sample = AllocSample {
+            header: RecordHeader { tag: tag::ALLOC_SAMPLE, tgid: 42, ts_ns: 7 },
+            size: 100,
+            slot_size: 112,
+            g: 0xc000001000,
+            goid: 9,
+            class: 9,
+            stack_len: 3,
+            stack,
+        };
+        let Event::Alloc(event) = Event::decode(&bytes_of(&sample)).unwrap() else {
+            panic!("not an alloc event");
+        };
+        assert_eq!(event.pid, 42);
+        assert_eq!(event.stack, vec![0x401000, 0x402000, 0x403000]);
+        // Class 9 is 112 bytes.
+        assert_eq!((event.size, event.slot_size, event.goid), (100, 112, 9));
+        let _ = class::LARGE;
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert_eq!(Event::decode(&[1, 0, 0]), Err(DecodeError::Truncated(3)));
+        let header = RecordHeader { tag: 99, tgid: 1, ts_ns: 0 };
+        assert_eq!(Event::decode(&bytes_of(&header)), Err(DecodeError::UnknownTag(99)));
+        let header = RecordHeader { tag: tag::ALLOC_SAMPLE, tgid: 1, ts_ns: 0 };
+        assert_eq!(Event::decode(&bytes_of(&header)), Err(DecodeError::Truncated(16)));
+    }
+
+    #[test]
+    fn stack_len_is_clamped() {
+        let sample = AllocSample {
+            header: RecordHeader { tag: tag::ALLOC_SAMPLE, tgid: 1, ts_ns: 0 },
+            size: 8,
+            slot_size: 8,
+            g: 0,
+            goid: 0,
+            class: 1,
+            stack_len: 10_000,
+            stack: [1; MAX_STACK_DEPTH],
+        };
+        let Event::Alloc(event) = Event::decode(&bytes_of(&sample)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(event.stack.len(), MAX_STACK_DEPTH);
+    }
+}

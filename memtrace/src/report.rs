@@ -1,0 +1,401 @@
+//! The report: built from an `Analysis` and the exact in-kernel counters, written as text or
+//! JSON, and the live view.
+
+use std::{fmt::Write as _, io};
+
+use memtrace_common::{global_counter, TargetStats, NUM_SIZE_CLASSES};
+use serde::{Deserialize, Serialize};
+
+use crate::{analysis::Analysis, runtime::class_size, symbolize::Frame};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub target: TargetInfo,
+    pub duration_s: f64,
+    /// "all-allocs": every allocation counted, stacks sampled.
+    pub mode: String,
+    pub allocations: Allocations,
+    pub gc: Gc,
+    pub events: Events,
+    pub sampling: Sampling,
+    pub alloc_sites: Vec<AllocSite>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetInfo {
+    pub pid: u32,
+    pub exe: String,
+    pub go_version: String,
+    /// Launch mode: how the target exited ("exit code 0", "signal 9").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<String>,
+}
+
+/// Exact totals over the traced window, counted in the kernel for every allocation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Allocations {
+    pub objects: u64,
+    /// Bytes of the slots the runtime handed out (size classes, tiny blocks, whole pages for
+    /// large objects): what `runtime.MemStats.TotalAlloc` counts.
+    pub bytes: u64,
+    /// Bytes the program asked for.
+    pub requested_bytes: u64,
+    pub tiny_objects: u64,
+    pub tiny_blocks: u64,
+    pub large_objects: u64,
+    pub large_bytes: u64,
+    pub objects_per_s: f64,
+    pub bytes_per_s: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Gc {
+    /// Completed GC cycles.
+    pub cycles: u64,
+    pub timeline: Vec<GcCycleReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GcCycleReport {
+    /// The runtime's cycle number, when the binary has symbols.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cycle: Option<u64>,
+    /// Seconds since tracing started.
+    pub at_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap_start: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap_end: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap_marked: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap_goal: Option<u64>,
+}
+
+/// Everything that arrived, and everything that was lost on the way.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Events {
+    /// Records read from the ring buffer.
+    pub received: u64,
+    /// Records lost because the ring buffer was full.
+    pub dropped: u64,
+    pub samples: u64,
+    pub gc_records: u64,
+    /// Samples whose user stack could not be captured.
+    pub stack_failures: u64,
+    /// Samples whose stack hit the depth limit.
+    pub stack_truncated: u64,
+    /// Failed reads of target memory (allocation type, tiny-allocator state, goroutine id).
+    pub read_failures: u64,
+    /// Records that could not be decoded.
+    pub decode_errors: u64,
+    /// Probe hits the kernel could not attribute to a traced process (whole machine).
+    pub unattributed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sampling {
+    /// Mean bytes between stack samples.
+    pub stack_sample_bytes: u64,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AllocSite {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    /// Estimated from the stack samples (see `sampling`).
+    pub objects: u64,
+    pub bytes: u64,
+    pub requested_bytes: u64,
+    pub objects_per_s: f64,
+    pub bytes_per_s: f64,
+    pub samples: u64,
+    /// Requested sizes of the sampled allocations.
+    pub size: SizeDistribution,
+    /// The heaviest stack of this site, innermost first.
+    pub stack: Vec<Frame>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SizeDistribution {
+    pub min: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+/// Slot bytes from the per-class counters.
+pub fn slot_bytes(stats: &TargetStats) -> u64 {
+    let small: u64 = (0..NUM_SIZE_CLASSES)
+        .map(|class| stats.class_objects[class] * class_size(class as u32))
+        .sum();
+    small + stats.tiny_blocks * 16 + stats.large_bytes
+}
+
+pub struct ReportInput<'a> {
+    pub target: TargetInfo,
+    pub duration_s: f64,
+    pub stats: &'a TargetStats,
+    pub global_counters: &'a [u64],
+    pub analysis: &'a Analysis,
+    pub start_ts_ns: u64,
+}
+
+impl Report {
+    pub fn build(input: ReportInput<'_>) -> Report {
+        let ReportInput {
+            target,
+            duration_s,
+            stats,
+            global_counters,
+            analysis,
+            start_ts_ns,
+        } = input;
+        let per_s = |v: f64| if duration_s > 0.0 { v / duration_s } else { 0.0 };
+        let bytes = slot_bytes(stats);
+        let alloc_sites = analysis
+            .sites_by_bytes()
+            .into_iter()
+            .map(|site| AllocSite {
+                function: site.key.function.clone(),
+                file: site.key.file.clone(),
+                line: site.key.line,
+                objects: site.objects.round() as u64,
+                bytes: site.bytes.round() as u64,
+                requested_bytes: site.requested_bytes.round() as u64,
+                objects_per_s: per_s(site.objects),
+                bytes_per_s: per_s(site.bytes),
+                samples: site.samples,
+                size: SizeDistribution {
+                    min: site.sizes.min(),
+                    p50: site.sizes.value_at_quantile(0.5),
+                    p90: site.sizes.value_at_quantile(0.9),
+                    p99: site.sizes.value_at_quantile(0.99),
+                    max: site.sizes.max(),
+                },
+                stack: site.stack.to_vec(),
+            })
+            .collect();
+        let timeline = analysis
+            .gc_cycles
+            .iter()
+            .map(|gc| {
+                let known = gc.cycle.is_some();
+                GcCycleReport {
+                    cycle: gc.cycle,
+                    at_s: gc.ts_ns.saturating_sub(start_ts_ns) as f64 / 1e9,
+                    heap_start: known.then_some(gc.heap_start),
+                    heap_end: known.then_some(gc.heap_end),
+                    heap_marked: known.then_some(gc.heap_marked),
+                    heap_goal: known.then_some(gc.heap_goal),
+                }
+            })
+            .collect();
+        let unattributed = global_counters
+            .get(global_counter::UNKNOWN_TARGET as usize)
+            .copied()
+            .unwrap_or(0)
+            + global_counters
+                .get(global_counter::STATS_MAP_FULL as usize)
+                .copied()
+                .unwrap_or(0);
+        Report {
+            target,
+            duration_s,
+            mode: "all-allocs".into(),
+            allocations: Allocations {
+                objects: stats.objects,
+                bytes,
+                requested_bytes: stats.requested_bytes,
+                tiny_objects: stats.tiny_objects,
+                tiny_blocks: stats.tiny_blocks,
+                large_objects: stats.large_objects,
+                large_bytes: stats.large_bytes,
+                objects_per_s: per_s(stats.objects as f64),
+                bytes_per_s: per_s(bytes as f64),
+            },
+            gc: Gc {
+                cycles: stats.gc_cycles,
+                timeline,
+            },
+            events: Events {
+                received: analysis.samples_received + analysis.gc_cycles.len() as u64,
+                dropped: stats.ringbuf_drops,
+                samples: analysis.samples_received,
+                gc_records: analysis.gc_cycles.len() as u64,
+                stack_failures: stats.stack_failures,
+                stack_truncated: stats.stack_truncated,
+                read_failures: stats.read_failures,
+                decode_errors: analysis.decode_errors,
+                unattributed,
+            },
+            sampling: Sampling {
+                stack_sample_bytes: analysis.sample_interval_bytes(),
+                note: format!(
+                    "Totals are exact (every allocation is counted in the kernel). Per-site \
+                     numbers are unbiased estimates from {} stack samples taken on average \
+                     once every {} requested bytes, each weighted by 1/(1-exp(-size/rate)) as \
+                     pprof does.",
+                    analysis.samples_received,
+                    analysis.sample_interval_bytes()
+                ),
+            },
+            alloc_sites,
+        }
+    }
+
+    pub fn write_json(&self, out: impl io::Write) -> serde_json::Result<()> {
+        serde_json::to_writer_pretty(out, self)
+    }
+
+    /// The final report as text, with the `top` heaviest sites.
+    pub fn to_text(&self, top: usize) -> String {
+        let mut out = String::new();
+        let t = &self.target;
+        let _ = writeln!(
+            out,
+            "memtrace: pid {} {} ({}), {:.1}s, mode {}",
+            t.pid, t.exe, t.go_version, self.duration_s, self.mode
+        );
+        if let Some(exit) = &t.exit {
+            let _ = writeln!(out, "target exited: {exit}");
+        }
+        let a = &self.allocations;
+        let _ = writeln!(
+            out,
+            "allocations: {} objects, {} ({}/s, {} objects/s); requested {}",
+            a.objects,
+            human_bytes(a.bytes as f64),
+            human_bytes(a.bytes_per_s),
+            human_count(a.objects_per_s),
+            human_bytes(a.requested_bytes as f64),
+        );
+        let _ = writeln!(out, "gc cycles: {}", self.gc.cycles);
+        let _ = writeln!(out, "{}", loss_line(&self.events));
+        let _ = writeln!(out, "{}", self.sampling.note);
+        let _ = writeln!(out);
+        out.push_str(&site_table(
+            self.alloc_sites
+                .iter()
+                .take(top)
+                .map(|s| (s.function.as_str(), s.file.as_str(), s.line, s.bytes_per_s, s.objects_per_s, Some(&s.size))),
+        ));
+        if let Some(site) = self.alloc_sites.first() {
+            let _ = writeln!(out, "\nheaviest site, stack (innermost first):");
+            for frame in &site.stack {
+                let _ = writeln!(
+                    out,
+                    "  {}{} {}",
+                    if frame.inlined { "[inlined] " } else { "" },
+                    frame.function,
+                    location(&frame.file, frame.line)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// One line naming every kind of loss, so nothing is lost silently.
+pub fn loss_line(events: &Events) -> String {
+    format!(
+        "events: {} received, {} dropped (ring buffer full), {} stacks not captured, {} \
+         stacks truncated, {} failed reads, {} undecodable, {} unattributed",
+        events.received,
+        events.dropped,
+        events.stack_failures,
+        events.stack_truncated,
+        events.read_failures,
+        events.decode_errors,
+        events.unattributed
+    )
+}
+
+pub fn location(file: &str, line: u32) -> String {
+    if file.is_empty() {
+        return String::new();
+    }
+    let short = file.rsplit('/').take(2).collect::<Vec<_>>();
+    let short: Vec<&str> = short.into_iter().rev().collect();
+    format!("{}:{line}", short.join("/"))
+}
+
+/// The site table of the report and the live view.
+pub fn site_table<'a>(
+    rows: impl Iterator<Item = (&'a str, &'a str, u32, f64, f64, Option<&'a SizeDistribution>)>,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>10} {:>10} {:>8} {:>8}  {}",
+        "bytes/s", "objects/s", "size p50", "p99", "site"
+    );
+    for (function, file, line, bytes_per_s, objects_per_s, size) in rows {
+        let (p50, p99) = size.map_or((String::new(), String::new()), |s| {
+            (human_bytes(s.p50 as f64), human_bytes(s.p99 as f64))
+        });
+        let _ = writeln!(
+            out,
+            "{:>10} {:>10} {:>8} {:>8}  {} {}",
+            human_bytes(bytes_per_s),
+            human_count(objects_per_s),
+            p50,
+            p99,
+            function,
+            location(file, line)
+        );
+    }
+    out
+}
+
+pub fn human_bytes(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value:.0}{}", UNITS[unit])
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+pub fn human_count(count: f64) -> String {
+    if count >= 1e6 {
+        format!("{:.1}M", count / 1e6)
+    } else if count >= 1e3 {
+        format!("{:.1}k", count / 1e3)
+    } else {
+        format!("{count:.0}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_bytes_adds_classes_tiny_blocks_and_pages() {
+        let mut stats = TargetStats::ZERO;
+        stats.class_objects[1] = 3; // 8 B
+        stats.class_objects[67] = 1; // 32 KiB
+        stats.tiny_blocks = 2;
+        stats.large_bytes = 8192 * 5;
+        assert_eq!(slot_bytes(&stats), 24 + 32768 + 32 + 40960);
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(512.0), "512B");
+        assert_eq!(human_bytes(1536.0), "1.5KiB");
+        assert_eq!(human_count(2_500_000.0), "2.5M");
+        assert_eq!(location("/src/app/main.go", 12), "app/main.go:12");
+        assert_eq!(location("", 0), "");
+    }
+}

@@ -1,0 +1,408 @@
+//! A tracing session: attach (or launch), run the event loop, and produce the report.
+
+use std::{
+    ffi::OsString,
+    io::{IsTerminal, Write as _},
+    os::fd::{FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use memtrace_common::{flags, TargetConfig};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    analysis::Analysis,
+    bpf::{AllocProbe, Tracer},
+    error::{Error, Result},
+    probes::ProbePlan,
+    report::{human_bytes, human_count, loss_line, site_table, Report, ReportInput, TargetInfo},
+    symbolize::Symbolizer,
+    target::{HeldChild, Target},
+};
+
+/// What to trace.
+#[derive(Clone, Debug)]
+pub enum TargetSpec {
+    Pid(u32),
+    /// Start this command under tracing.
+    Launch(Vec<OsString>),
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub target: TargetSpec,
+    pub duration: Option<Duration>,
+    pub stack_sample_bytes: u64,
+    pub alloc_probe: AllocProbe,
+    /// Redraw the live view on stderr (only when stderr is a terminal).
+    pub live: bool,
+    pub live_interval: Duration,
+    pub top: usize,
+    pub ring_bytes: u32,
+}
+
+/// How a launched target ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetExit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl TargetExit {
+    /// The exit code a shell would report.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            TargetExit::Code(code) => code,
+            TargetExit::Signal(signal) => 128 + signal,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            TargetExit::Code(code) => format!("exit code {code}"),
+            TargetExit::Signal(signal) => format!("signal {signal}"),
+        }
+    }
+
+    fn from_wait_status(status: i32) -> TargetExit {
+        if libc::WIFSIGNALED(status) {
+            TargetExit::Signal(libc::WTERMSIG(status))
+        } else {
+            TargetExit::Code(libc::WEXITSTATUS(status))
+        }
+    }
+}
+
+pub struct SessionOutcome {
+    pub report: Report,
+    /// Launch mode: how the target exited.
+    pub target_exit: Option<TargetExit>,
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The BPF-side configuration of a target.
+fn target_config(target: &Target, stack_sample_bytes: u64) -> TargetConfig {
+    let layout = &target.layout;
+    let binary = &target.binary;
+    let mut config = TargetConfig {
+        sample_interval_bytes: stack_sample_bytes.max(1),
+        max_small_size: if layout.malloc_headers { 32768 - 8 } else { 32768 },
+        g_goid: layout.g_goid,
+        g_m: layout.g_m,
+        m_p: layout.m_p,
+        p_mcache: layout.p_mcache,
+        mcache_tiny: layout.mcache_tiny,
+        flags: flags::TINY_STATE,
+        ..TargetConfig::default()
+    };
+    if layout.malloc_headers && !binary.build_info().experiments.iter().any(|e| e == "noallocheaders") {
+        config.flags |= flags::MALLOC_HEADERS;
+    }
+    if let (Some(work), Some(controller)) = (
+        binary.data_symbol("runtime.work"),
+        binary.data_symbol("runtime.gcController"),
+    ) {
+        config.flags |= flags::GC_GLOBALS;
+        config.work_cycles_addr = work + layout.work_cycles;
+        config.work_heap0_addr = work + layout.work_heap0;
+        config.heap_goal_addr = controller + layout.gc_controller_heap_goal;
+    }
+    config
+}
+
+/// Opens a pidfd, which becomes readable when the process exits.
+fn pidfd_open(pid: u32) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if fd < 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(match error.raw_os_error() {
+            Some(libc::ESRCH) => Error::NoSuchProcess(pid),
+            _ => Error::io(format!("watching pid {pid}"), error),
+        });
+    }
+    // SAFETY: the fd was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Runs a whole session. In launch mode this forks, so it must be called before any other
+/// thread is started.
+pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
+    let mut held_child = match &options.target {
+        TargetSpec::Launch(command) => Some(HeldChild::fork(command)?),
+        TargetSpec::Pid(_) => None,
+    };
+    let target = match (&options.target, &held_child) {
+        (TargetSpec::Pid(pid), _) => Target::from_pid(*pid)?,
+        (TargetSpec::Launch(_), Some(child)) => Target::from_launch(child.pid, &child.executable)?,
+        (TargetSpec::Launch(_), None) => unreachable!("launch mode always forks"),
+    };
+    let plan = ProbePlan::for_binary(&target.binary)?;
+    log::info!(
+        "{} ({}): {} allocation probes ({}), GC probe {}",
+        target.exe.display(),
+        target.binary.build_info().go_version,
+        plan.alloc.len(),
+        plan.alloc.iter().map(|s| s.function.as_str()).collect::<Vec<_>>().join(", "),
+        plan.gc_cycle.as_ref().map_or("none", |s| s.function.as_str()),
+    );
+    let mut tracer = Tracer::load(options.ring_bytes)?;
+    tracer.add_target(target.pid, target_config(&target, options.stack_sample_bytes))?;
+    tracer.attach(&plan, &target.attach_path, target.pid, options.alloc_probe)?;
+    let ring = tracer.take_ring_buffer()?;
+    let start_ns = monotonic_ns();
+    let started = Instant::now();
+    if let Some(child) = held_child.as_mut() {
+        child.release()?;
+    }
+    let watch = pidfd_open(target.pid)?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the event loop", e))?;
+    let symbolizer = Symbolizer::new(target.binary.clone(), target.symbol_path());
+    let mut analysis = Analysis::new(symbolizer, options.stack_sample_bytes.max(1));
+    let mut target_exit = runtime.block_on(event_loop(
+        &options,
+        &mut tracer,
+        &target,
+        ring,
+        watch,
+        held_child.is_some(),
+        &mut analysis,
+        start_ns,
+    ))?;
+    let duration_s = started.elapsed().as_secs_f64();
+    let stats = tracer.stats(target.pid)?;
+    let global_counters = tracer.global_counters()?;
+    drop(tracer);
+
+    let build = target.binary.build_info();
+    let mut report = Report::build(ReportInput {
+        target: TargetInfo {
+            pid: target.pid,
+            exe: target.exe.display().to_string(),
+            go_version: build.go_version.clone(),
+            exit: target_exit.map(TargetExit::describe),
+        },
+        duration_s,
+        stats: &stats,
+        global_counters: &global_counters,
+        analysis: &analysis,
+        start_ts_ns: start_ns,
+    });
+    if let (Some(child), None) = (&held_child, target_exit) {
+        // Stopped by --duration: the report is final, but memtrace still exits with the
+        // target's code, so wait for it.
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        if unsafe { libc::waitpid(child.pid as i32, &mut status, 0) } == child.pid as i32 {
+            target_exit = Some(TargetExit::from_wait_status(status));
+        }
+        report.target.exit = target_exit.map(TargetExit::describe);
+    }
+    Ok(SessionOutcome {
+        report,
+        target_exit,
+    })
+}
+
+#[expect(clippy::too_many_arguments, reason = "the pieces of one session")]
+async fn event_loop(
+    options: &SessionOptions,
+    tracer: &mut Tracer,
+    target: &Target,
+    ring: RingBuf<MapData>,
+    watch: OwnedFd,
+    launched: bool,
+    analysis: &mut Analysis,
+    start_ns: u64,
+) -> Result<Option<TargetExit>> {
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring buffer.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| Error::io("watching the ring buffer", e.into()))?;
+    // SAFETY: `watch` is an owned pidfd that lives as long as this AsyncFd.
+    let exited = unsafe { AsyncFd::register_with_interest(watch, tokio::io::Interest::READABLE) }
+        .map_err(|e| Error::io("watching the target", e.into()))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT", e))?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM", e))?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP", e))?;
+    let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = tokio::time::interval(options.live_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let live = options.live && std::io::stderr().is_terminal();
+    let mut live_view = LiveView::default();
+    let load_bias = || target.load_bias();
+
+    let mut target_exit = None;
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(|e| Error::io("reading the ring buffer", e))?;
+                let bias = load_bias();
+                while let Some(record) = guard.get_inner_mut().next() {
+                    analysis.record(&record, bias);
+                }
+                guard.clear_ready();
+            }
+            _ = exited.readable() => {
+                if launched {
+                    let mut status = 0;
+                    // SAFETY: reaping our own child, which has exited.
+                    let reaped = unsafe { libc::waitpid(target.pid as i32, &mut status, 0) };
+                    if reaped == target.pid as i32 {
+                        target_exit = Some(TargetExit::from_wait_status(status));
+                    }
+                }
+                log::info!("target exited");
+                break;
+            }
+            _ = interrupt.recv() => {
+                if launched {
+                    // The terminal sent SIGINT to the target too: wait for it to exit.
+                    log::info!("interrupted: waiting for the target to exit");
+                    continue;
+                }
+                break;
+            }
+            _ = terminate.recv() => {
+                forward_signal(launched, target.pid, libc::SIGTERM);
+                if !launched { break; }
+            }
+            _ = hangup.recv() => {
+                forward_signal(launched, target.pid, libc::SIGHUP);
+                if !launched { break; }
+            }
+            _ = sleep_until(deadline) => break,
+            _ = tick.tick(), if live => {
+                if let Ok(stats) = tracer.stats(target.pid) {
+                    live_view.draw(analysis, &stats, options, start_ns);
+                }
+            }
+        }
+    }
+    // No more events after this; then read what is still queued.
+    tracer.detach_all();
+    let bias = load_bias();
+    while let Some(record) = ring.get_mut().next() {
+        analysis.record(&record, bias);
+    }
+    if live {
+        live_view.clear();
+    }
+    Ok(target_exit)
+}
+
+fn forward_signal(launched: bool, pid: u32, signal: i32) {
+    if launched {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(pid as i32, signal) };
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The live view: redrawn in place on stderr.
+#[derive(Default)]
+struct LiveView {
+    lines_drawn: usize,
+    last: Option<(Instant, u64, u64)>,
+}
+
+impl LiveView {
+    fn draw(
+        &mut self,
+        analysis: &mut Analysis,
+        stats: &memtrace_common::TargetStats,
+        options: &SessionOptions,
+        start_ns: u64,
+    ) {
+        let now = Instant::now();
+        let bytes = crate::report::slot_bytes(stats);
+        let (objects_rate, bytes_rate, elapsed) = match self.last {
+            Some((at, objects, last_bytes)) => {
+                let dt = now.duration_since(at).as_secs_f64().max(1e-3);
+                (
+                    (stats.objects - objects) as f64 / dt,
+                    (bytes - last_bytes) as f64 / dt,
+                    dt,
+                )
+            }
+            None => (0.0, 0.0, options.live_interval.as_secs_f64()),
+        };
+        self.last = Some((now, stats.objects, bytes));
+        let window = analysis.take_window();
+        let since_start = (monotonic_ns().saturating_sub(start_ns)) as f64 / 1e9;
+        let mut text = format!(
+            "memtrace  {since_start:.0}s  {} objects/s  {}/s  total {} objects {}  gc cycles {}\n",
+            human_count(objects_rate),
+            human_bytes(bytes_rate),
+            stats.objects,
+            human_bytes(bytes as f64),
+            stats.gc_cycles,
+        );
+        let events = crate::report::Events {
+            received: analysis.samples_received + analysis.gc_cycles.len() as u64,
+            dropped: stats.ringbuf_drops,
+            stack_failures: stats.stack_failures,
+            stack_truncated: stats.stack_truncated,
+            read_failures: stats.read_failures,
+            decode_errors: analysis.decode_errors,
+            ..Default::default()
+        };
+        text.push_str(&loss_line(&events));
+        text.push('\n');
+        let sites: Vec<_> = window
+            .iter()
+            .take(options.top)
+            .filter_map(|(key, objects, bytes)| {
+                let site = analysis.site(key)?;
+                let size = crate::report::SizeDistribution {
+                    min: site.sizes.min(),
+                    p50: site.sizes.value_at_quantile(0.5),
+                    p90: site.sizes.value_at_quantile(0.9),
+                    p99: site.sizes.value_at_quantile(0.99),
+                    max: site.sizes.max(),
+                };
+                Some((key.clone(), bytes / elapsed, objects / elapsed, size))
+            })
+            .collect();
+        text.push_str(&site_table(sites.iter().map(|(key, b, o, size)| {
+            (key.function.as_str(), key.file.as_str(), key.line, *b, *o, Some(size))
+        })));
+        self.clear();
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr.write_all(text.as_bytes());
+        let _ = stderr.flush();
+        self.lines_drawn = text.lines().count();
+    }
+
+    /// Erases what the last draw wrote.
+    fn clear(&mut self) {
+        if self.lines_drawn > 0 {
+            let mut stderr = std::io::stderr().lock();
+            let _ = write!(stderr, "\x1b[{}F\x1b[J", self.lines_drawn);
+            let _ = stderr.flush();
+            self.lines_drawn = 0;
+        }
+    }
+}

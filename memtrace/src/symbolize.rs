@@ -1,0 +1,150 @@
+//! Turning stack addresses into functions, files and lines, with a cache per address.
+//!
+//! Binaries with DWARF go through blazesym (inlined frames, file:line). Stripped Go binaries
+//! have no symbols blazesym can read, so they go through memtrace's own `.gopclntab` reader.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
+
+use blazesym::symbolize::{self, source::Source, Input, Symbolized};
+use serde::{Deserialize, Serialize};
+
+use crate::binary::GoBinary;
+
+/// One frame of a symbolized stack.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Frame {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    /// The function was inlined into the next frame.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
+}
+
+impl Frame {
+    fn unknown(vaddr: u64) -> Frame {
+        Frame {
+            function: format!("0x{vaddr:x}"),
+            file: String::new(),
+            line: 0,
+            inlined: false,
+        }
+    }
+
+    /// Go runtime internals, which are never the code that asked for memory.
+    pub fn is_runtime(&self) -> bool {
+        self.function.starts_with("runtime.") || self.function.starts_with("internal/runtime/")
+    }
+}
+
+/// Symbolizes addresses of one binary, caching every address it has seen.
+pub struct Symbolizer {
+    binary: Arc<GoBinary>,
+    /// Path blazesym opens; kept valid after the target exits (see `Target::symbol_path`).
+    symbol_path: PathBuf,
+    blazesym: Option<symbolize::Symbolizer>,
+    cache: HashMap<u64, Arc<[Frame]>>,
+}
+
+impl Symbolizer {
+    pub fn new(binary: Arc<GoBinary>, symbol_path: PathBuf) -> Symbolizer {
+        let blazesym = binary.has_dwarf().then(|| {
+            symbolize::Symbolizer::builder()
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .build()
+        });
+        Symbolizer {
+            binary,
+            symbol_path,
+            blazesym,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Frames of one ELF virtual address, innermost (most deeply inlined) first.
+    pub fn frames(&mut self, vaddr: u64) -> Arc<[Frame]> {
+        if let Some(frames) = self.cache.get(&vaddr) {
+            return frames.clone();
+        }
+        let frames: Arc<[Frame]> = self
+            .blazesym_frames(vaddr)
+            .or_else(|| self.pclntab_frames(vaddr))
+            .unwrap_or_else(|| vec![Frame::unknown(vaddr)])
+            .into();
+        self.cache.insert(vaddr, frames.clone());
+        frames
+    }
+
+    fn blazesym_frames(&self, vaddr: u64) -> Option<Vec<Frame>> {
+        let symbolizer = self.blazesym.as_ref()?;
+        let source = Source::Elf(symbolize::source::Elf::new(&self.symbol_path));
+        let result = symbolizer
+            .symbolize_single(&source, Input::VirtOffset(vaddr))
+            .ok()?;
+        let Symbolized::Sym(sym) = result else {
+            return None;
+        };
+        let location = |info: Option<&symbolize::CodeInfo<'_>>| match info {
+            Some(info) => (
+                info.to_path().display().to_string(),
+                info.line.unwrap_or(0),
+            ),
+            None => (String::new(), 0),
+        };
+        // blazesym lists inlined functions outermost first; each one's code info is where it
+        // is, and the symbol's own code info is where it calls the first inlined function.
+        let mut frames = Vec::with_capacity(sym.inlined.len() + 1);
+        for inlined in sym.inlined.iter().rev() {
+            let (file, line) = location(inlined.code_info.as_ref());
+            frames.push(Frame {
+                function: inlined.name.to_string(),
+                file,
+                line,
+                inlined: true,
+            });
+        }
+        let (file, line) = location(sym.code_info.as_deref());
+        frames.push(Frame {
+            function: sym.name.to_string(),
+            file,
+            line,
+            inlined: false,
+        });
+        Some(frames)
+    }
+
+    fn pclntab_frames(&self, vaddr: u64) -> Option<Vec<Frame>> {
+        let location = self.binary.pclntab()?.lookup(vaddr)?;
+        let mut frames: Vec<Frame> = location
+            .inlined
+            .iter()
+            .map(|inlined| Frame {
+                function: inlined.function.clone(),
+                file: inlined.file.clone(),
+                line: inlined.line,
+                inlined: true,
+            })
+            .collect();
+        frames.push(Frame {
+            function: location.function,
+            file: location.file,
+            line: location.line,
+            inlined: false,
+        });
+        Some(frames)
+    }
+
+    /// Symbolizes a captured stack (runtime addresses, innermost first). `load_bias` is what
+    /// the kernel added to the binary's virtual addresses (0 for non-PIE binaries). Return
+    /// addresses are looked up one byte back, so that they name the call, not the next line.
+    pub fn stack(&mut self, stack: &[u64], load_bias: u64) -> Vec<Frame> {
+        let mut frames = Vec::with_capacity(stack.len() + 4);
+        for (depth, &addr) in stack.iter().enumerate() {
+            let vaddr = addr.wrapping_sub(load_bias);
+            let vaddr = if depth == 0 { vaddr } else { vaddr.wrapping_sub(1) };
+            frames.extend(self.frames(vaddr).iter().cloned());
+        }
+        frames
+    }
+}

@@ -1,0 +1,267 @@
+//! The traced process: finding its binary, checking it is a Go program memtrace understands,
+//! and starting one under tracing.
+
+use std::{
+    ffi::{CString, OsStr, OsString},
+    fs::File,
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, fs::MetadataExt},
+    },
+    path::{Path, PathBuf},
+    sync::{Arc, OnceLock},
+};
+
+use crate::{
+    binary::{BinaryError, GoBinary},
+    error::{Error, Result},
+    runtime::{layout_for, newest_supported_minor, RuntimeLayout, OLDEST_SUPPORTED_MINOR},
+};
+
+/// A Go process memtrace can trace.
+pub struct Target {
+    pub pid: u32,
+    /// The executable as the process sees it (for reports).
+    pub exe: PathBuf,
+    pub binary: Arc<GoBinary>,
+    pub layout: RuntimeLayout,
+    /// Path the kernel resolves to the executable's inode, for attaching uprobes.
+    pub attach_path: PathBuf,
+    /// An open handle on the executable, so that symbols stay readable after the process and
+    /// even its file are gone.
+    exe_file: File,
+    load_bias: OnceLock<u64>,
+}
+
+fn map_io(pid: u32, what: &str) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |e| match e.kind() {
+        io::ErrorKind::NotFound => Error::NoSuchProcess(pid),
+        io::ErrorKind::PermissionDenied => Error::PermissionDenied(format!("{what} of pid {pid}")),
+        _ => Error::io(format!("{what} of pid {pid}"), e),
+    }
+}
+
+impl Target {
+    /// A running process.
+    pub fn from_pid(pid: u32) -> Result<Target> {
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        if pid == 0 || !proc_dir.exists() {
+            return Err(Error::NoSuchProcess(pid));
+        }
+        let exe_link = proc_dir.join("exe");
+        let exe = std::fs::read_link(&exe_link).map_err(map_io(pid, "reading the executable"))?;
+        // Opening through /proc/PID/exe works for processes in other mount namespaces
+        // (containers) and for deleted executables.
+        let exe_file = File::open(&exe_link).map_err(map_io(pid, "opening the executable"))?;
+        Target::new(pid, exe, exe_link, exe_file)
+    }
+
+    /// A binary about to be started as process `pid` (launch mode).
+    pub fn from_launch(pid: u32, executable: &Path) -> Result<Target> {
+        let exe_file = File::open(executable)
+            .map_err(|e| Error::io(format!("opening {}", executable.display()), e))?;
+        Target::new(pid, executable.to_path_buf(), executable.to_path_buf(), exe_file)
+    }
+
+    fn new(pid: u32, exe: PathBuf, attach_path: PathBuf, exe_file: File) -> Result<Target> {
+        let binary = open_go_binary(&exe, &exe_file)?;
+        let version = binary.build_info().version;
+        let layout = layout_for(version).ok_or_else(|| Error::UnsupportedGo {
+            path: exe.clone(),
+            version: binary.build_info().go_version.clone(),
+            oldest: OLDEST_SUPPORTED_MINOR,
+            newest: newest_supported_minor(),
+        })?;
+        Ok(Target {
+            pid,
+            exe,
+            binary: Arc::new(binary),
+            layout,
+            attach_path,
+            exe_file,
+            load_bias: OnceLock::new(),
+        })
+    }
+
+    /// A path to the executable that stays valid while memtrace runs.
+    pub fn symbol_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.exe_file.as_raw_fd()))
+    }
+
+    /// What the kernel added to the binary's virtual addresses (0 unless PIE), read from
+    /// /proc/PID/maps the first time it is needed, once the process runs the binary.
+    pub fn load_bias(&self) -> u64 {
+        if !self.binary.is_pie() {
+            return 0;
+        }
+        if let Some(bias) = self.load_bias.get() {
+            return *bias;
+        }
+        match self.read_load_bias() {
+            Some(bias) => *self.load_bias.get_or_init(|| bias),
+            None => 0,
+        }
+    }
+
+    fn read_load_bias(&self) -> Option<u64> {
+        let (segment_vaddr, segment_offset) = self.binary.first_exec_segment()?;
+        let inode = self.exe_file.metadata().ok()?.ino();
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).ok()?;
+        maps.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let range = fields.next()?;
+            let perms = fields.next()?;
+            let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+            let _device = fields.next()?;
+            let map_inode: u64 = fields.next()?.parse().ok()?;
+            if map_inode != inode || !perms.contains('x') {
+                return None;
+            }
+            let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
+            Some((start - offset + segment_offset).wrapping_sub(segment_vaddr))
+        })
+    }
+}
+
+fn open_go_binary(exe: &Path, file: &File) -> Result<GoBinary> {
+    let mut data = Vec::new();
+    io::Read::read_to_end(&mut &*file, &mut data)
+        .map_err(|e| Error::io(format!("reading {}", exe.display()), e))?;
+    GoBinary::from_bytes(exe.to_path_buf(), data).map_err(|e| match e {
+        BinaryError::NotElf | BinaryError::NotGo => Error::NotGo(exe.to_path_buf()),
+        other => Error::Binary {
+            path: exe.to_path_buf(),
+            source: other,
+        },
+    })
+}
+
+/// A child process forked but held before `exec` until its probes are attached.
+pub struct HeldChild {
+    pub pid: u32,
+    pub executable: PathBuf,
+    release: Option<OwnedFd>,
+    exec_error: OwnedFd,
+}
+
+/// Finds `program` like a shell does: as given when it contains a slash, else through PATH.
+pub fn find_executable(program: &OsStr) -> Option<PathBuf> {
+    let path = Path::new(program);
+    if program.as_bytes().contains(&b'/') {
+        return path.is_file().then(|| path.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+        })
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+impl HeldChild {
+    /// Forks a child that will run `command` (argv[0] resolved through PATH) with memtrace's
+    /// own environment, stdin, stdout and stderr, but only once [`HeldChild::release`] is
+    /// called. Must be called before any other thread exists (before the async runtime), since
+    /// the child of a multi-threaded fork may only make async-signal-safe calls.
+    pub fn fork(command: &[OsString]) -> Result<HeldChild> {
+        let program = command.first().ok_or_else(|| Error::Launch {
+            command: String::new(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "no command given"),
+        })?;
+        let launch_error = |source| Error::Launch {
+            command: program.to_string_lossy().into_owned(),
+            source,
+        };
+        let executable = find_executable(program)
+            .ok_or_else(|| launch_error(io::Error::from(io::ErrorKind::NotFound)))?;
+        let c_executable = CString::new(executable.as_os_str().as_bytes())
+            .map_err(|e| launch_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let c_args = command
+            .iter()
+            .map(|arg| CString::new(arg.as_bytes()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| launch_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+
+        let (release_read, release_write) = pipe().map_err(launch_error)?;
+        let (error_read, error_write) = pipe().map_err(launch_error)?;
+        // SAFETY: see the function's contract; the child below only calls async-signal-safe
+        // functions (close, read, execv, write, _exit) on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(launch_error(io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            // SAFETY: async-signal-safe calls only, on fds and buffers that exist in the child.
+            unsafe {
+                libc::close(release_write.as_raw_fd());
+                libc::close(error_read.as_raw_fd());
+                let mut byte = 0u8;
+                // Wait until the parent has attached; EOF means it died: do not run untraced.
+                let n = libc::read(release_read.as_raw_fd(), (&raw mut byte).cast(), 1);
+                if n == 1 {
+                    libc::execv(c_executable.as_ptr(), argv.as_ptr());
+                }
+                let errno = *libc::__errno_location();
+                libc::write(error_write.as_raw_fd(), (&raw const errno).cast(), 4);
+                libc::_exit(127);
+            }
+        }
+        drop(release_read);
+        drop(error_write);
+        Ok(HeldChild {
+            pid: pid as u32,
+            executable,
+            release: Some(release_write),
+            exec_error: error_read,
+        })
+    }
+
+    /// Lets the child exec the program; returns once it has (or has failed to).
+    pub fn release(&mut self) -> Result<()> {
+        let launch_error = |source| Error::Launch {
+            command: self.executable.display().to_string(),
+            source,
+        };
+        if let Some(release) = self.release.take() {
+            let byte = 1u8;
+            // SAFETY: writing one byte from a valid buffer to an fd we own.
+            if unsafe { libc::write(release.as_raw_fd(), (&raw const byte).cast(), 1) } != 1 {
+                return Err(launch_error(io::Error::last_os_error()));
+            }
+        }
+        let mut errno = 0i32;
+        // The error pipe is close-on-exec: EOF means exec succeeded.
+        // SAFETY: reading at most 4 bytes into an i32.
+        let n = unsafe { libc::read(self.exec_error.as_raw_fd(), (&raw mut errno).cast(), 4) };
+        if n == 4 {
+            return Err(launch_error(io::Error::from_raw_os_error(errno)));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HeldChild {
+    fn drop(&mut self) {
+        if self.release.is_some() {
+            // Never released: closing the pipe makes the child exit without running.
+            self.release = None;
+            let mut status = 0;
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(self.pid as i32, &mut status, 0) };
+        }
+    }
+}

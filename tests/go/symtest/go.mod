@@ -1,0 +1,3 @@
+module symtest
+
+go 1.21

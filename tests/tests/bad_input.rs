@@ -1,0 +1,131 @@
+//! Bad input gets a one-line error and a distinct exit code, never a panic.
+
+mod common;
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    process::{Command, Output, Stdio},
+};
+
+use memtrace_tests::fixtures::{go_program, memtrace_bin, require_bpf, Variant};
+
+const NO_SUCH_PROCESS: i32 = 3;
+const NOT_GO: i32 = 4;
+const UNSUPPORTED_GO: i32 = 5;
+const PERMISSION_DENIED: i32 = 6;
+const LAUNCH_FAILED: i32 = 9;
+
+fn memtrace(args: &[&str]) -> Output {
+    Command::new(memtrace_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("memtrace runs")
+}
+
+/// Exit code and the single line memtrace printed.
+fn error_of(output: &Output) -> (Option<i32>, String) {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "memtrace panicked:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected a one-line error, got:\n{stderr}");
+    assert!(lines[0].starts_with("memtrace: "), "{stderr}");
+    (output.status.code(), lines[0].to_owned())
+}
+
+/// A pid that is not in use.
+fn unused_pid() -> u32 {
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .map_or(32768, |s| s.trim().parse().unwrap_or(32768));
+    (300..max).rev().find(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()).unwrap()
+}
+
+#[test]
+fn missing_pid() {
+    let (code, line) = error_of(&memtrace(&["--pid", &unused_pid().to_string()]));
+    assert_eq!(code, Some(NO_SUCH_PROCESS), "{line}");
+    assert!(line.contains("no process with pid"), "{line}");
+}
+
+#[test]
+fn not_a_go_process() {
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let output = memtrace(&["--pid", &sleeper.id().to_string()]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let (code, line) = error_of(&output);
+    assert_eq!(code, Some(NOT_GO), "{line}");
+    assert!(line.contains("is not a Go program"), "{line}");
+
+    let (code, line) = error_of(&memtrace(&["--", "/bin/true"]));
+    assert_eq!(code, Some(NOT_GO), "{line}");
+}
+
+#[test]
+fn command_that_does_not_exist() {
+    let (code, line) = error_of(&memtrace(&["--", "/nonexistent/program"]));
+    assert_eq!(code, Some(LAUNCH_FAILED), "{line}");
+}
+
+/// A real Go 1.21 binary whose build info claims Go 1.19 (same length, so nothing else moves).
+#[test]
+fn unsupported_go_version() {
+    let program = go_program("idle", "1.21.13", Variant::Default);
+    let mut bytes = std::fs::read(&program).unwrap();
+    let needle = b"go1.21.13";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("version string in the binary");
+    bytes[at..at + needle.len()].copy_from_slice(b"go1.19.13");
+    let old = std::env::temp_dir().join(format!("memtrace-go119-{}", std::process::id()));
+    std::fs::write(&old, &bytes).unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = memtrace(&["--", old.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&old);
+    let (code, line) = error_of(&output);
+    assert_eq!(code, Some(UNSUPPORTED_GO), "{line}");
+    assert!(line.contains("go1.19.13") && line.contains("1.21"), "{line}");
+}
+
+#[test]
+fn no_permission() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // Unprivileged already: BPF itself must be refused.
+        let program = go_program("idle", "1.26.6", Variant::Default);
+        let (code, line) = error_of(&memtrace(&["--", program.to_str().unwrap()]));
+        assert_eq!(code, Some(PERMISSION_DENIED), "{line}");
+        return;
+    }
+    if require_bpf().is_err() {
+        return;
+    }
+    // As root: run memtrace as `nobody` against a root-owned Go process.
+    let program = go_program("idle", "1.26.6", Variant::Default);
+    let mut idle = Command::new(&program)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(memtrace_bin())
+        .args(["--pid", &idle.id().to_string()])
+        .output()
+        .expect("setpriv runs");
+    let _ = idle.kill();
+    let _ = idle.wait();
+    let (code, line) = error_of(&output);
+    assert_eq!(code, Some(PERMISSION_DENIED), "{line}");
+    assert!(line.contains("permission denied"), "{line}");
+}
+
+#[test]
+fn usage_errors_are_code_2() {
+    let output = memtrace(&[]);
+    assert_eq!(output.status.code(), Some(2));
+    let output = memtrace(&["--pid", "12", "--", "/bin/true"]);
+    assert_eq!(output.status.code(), Some(2));
+    let output = memtrace(&["--pid", "12", "--duration", "forever"]);
+    assert_eq!(output.status.code(), Some(2));
+}

@@ -1,0 +1,106 @@
+//! Running memtrace against Go programs, for the end-to-end tests.
+
+#![allow(dead_code, reason = "each test binary uses a different part")]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::{Mutex, MutexGuard},
+};
+
+use memtrace_tests::fixtures::memtrace_bin;
+use serde_json::Value;
+
+/// BPF tests run one at a time: on two cores, parallel traced programs would make timings
+/// and the stress tests meaningless.
+static BPF_LOCK: Mutex<()> = Mutex::new(());
+
+pub fn serialize() -> MutexGuard<'static, ()> {
+    BPF_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub struct Traced {
+    pub output: Output,
+    pub report: Option<Value>,
+}
+
+impl Traced {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    pub fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+    pub fn report(&self) -> &Value {
+        self.report.as_ref().unwrap_or_else(|| {
+            panic!(
+                "memtrace wrote no JSON report (exit {:?})\nstderr:\n{}",
+                self.code(),
+                self.stderr()
+            )
+        })
+    }
+}
+
+pub fn temp_json(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("memtrace-test-{}-{name}.json", std::process::id()))
+}
+
+/// Runs `memtrace <args> --json F -- <program> <program_args>` and reads the report.
+pub fn trace_launch(
+    args: &[&str],
+    program: &Path,
+    program_args: &[&str],
+    env: &[(&str, &str)],
+) -> Traced {
+    let json = temp_json(program.file_name().unwrap().to_str().unwrap());
+    let _ = std::fs::remove_file(&json);
+    let mut command = Command::new(memtrace_bin());
+    command
+        .args(args)
+        .arg("--no-live")
+        .arg("--json")
+        .arg(&json)
+        .arg("--")
+        .arg(program)
+        .args(program_args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    let output = command.output().expect("memtrace runs");
+    let report = std::fs::read(&json)
+        .ok()
+        .map(|bytes| serde_json::from_slice(&bytes).expect("the JSON report parses"));
+    let _ = std::fs::remove_file(&json);
+    Traced { output, report }
+}
+
+/// `KEY value` lines printed by the Go test programs.
+pub fn program_value(stdout: &str, key: &str) -> u64 {
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{key} <n>` line in:\n{stdout}"))
+}
+
+pub fn u64_at(report: &Value, pointer: &str) -> u64 {
+    report
+        .pointer(pointer)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("report has no number at {pointer}"))
+}
+
+/// Relative difference of `measured` from `truth`.
+pub fn relative_error(measured: u64, truth: u64) -> f64 {
+    (measured as f64 - truth as f64).abs() / truth.max(1) as f64
+}
+
+/// The report's site for `function`, if any.
+pub fn site<'a>(report: &'a Value, function: &str) -> Option<&'a Value> {
+    report["alloc_sites"]
+        .as_array()?
+        .iter()
+        .find(|site| site["function"] == function)
+}

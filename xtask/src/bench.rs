@@ -1,0 +1,359 @@
+//! `cargo xtask bench`: memtrace's overhead on the `bench` Go program (`tests/go/bench`),
+//! which allocates N 32-byte objects from G goroutines and reports the time its allocation
+//! loops took (`ELAPSED_NS`, which excludes process start and probe attach).
+//!
+//! Three cases run interleaved in every round, so drifting machine load hits them alike:
+//!
+//! - `untraced`: the program alone;
+//! - `probe-floor`: `memtrace --probe-floor --no-live`, no-op probes on the same allocation
+//!   sites: what the kernel's uprobe trap costs by itself;
+//! - `all-allocs`: `memtrace --all-allocs --no-live`, every allocation recorded.
+//!
+//! The table shows medians over the rounds. A case that fails is reported and dropped.
+
+use std::{
+    fmt::Write as _,
+    io::Read,
+    mem::MaybeUninit,
+    path::Path,
+    process::{Command, ExitCode, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use memtrace_tests::fixtures::{build_go_program, Variant};
+
+use crate::{build, command::describe};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Allocations per run (the program's N).
+    #[arg(long, default_value_t = 2_000_000)]
+    allocs: u32,
+    /// Allocating goroutines (the program's G).
+    #[arg(long, default_value_t = 2)]
+    goroutines: u32,
+    /// Rounds; each runs every case once.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// The Go version to build the program with.
+    #[arg(long, default_value = "1.26.6")]
+    go: String,
+}
+
+struct Case {
+    name: &'static str,
+    /// `None` runs the program directly, else under memtrace with these options.
+    memtrace_args: Option<&'static [&'static str]>,
+}
+
+const UNTRACED: usize = 0;
+const PROBE_FLOOR: usize = 1;
+const ALL_ALLOCS: usize = 2;
+const CASES: [Case; 3] = [
+    Case {
+        name: "untraced",
+        memtrace_args: None,
+    },
+    Case {
+        name: "probe-floor",
+        memtrace_args: Some(&["--probe-floor", "--no-live"]),
+    },
+    Case {
+        name: "all-allocs",
+        memtrace_args: Some(&["--all-allocs", "--no-live"]),
+    },
+];
+
+/// One run of one case; times in nanoseconds.
+#[derive(Clone, Copy)]
+struct Measurement {
+    /// The program's own `ELAPSED_NS`: its allocation loops only.
+    elapsed: f64,
+    /// From spawning to reaping the process (memtrace's start-up and attach included).
+    wall: f64,
+    /// User + system CPU of the process and its reaped children (the probes run in the
+    /// traced program's context, so their cost is in here).
+    cpu: f64,
+}
+
+/// Per case: its measurements, or why it was dropped.
+type Results = Vec<Result<Vec<Measurement>, String>>;
+
+pub fn run(options: &Options) -> Result<ExitCode> {
+    ensure!(options.rounds > 0, "--rounds must be at least 1");
+    ensure!(
+        options.goroutines > 0 && options.allocs >= options.goroutines,
+        "--allocs must be at least --goroutines, and both positive"
+    );
+    let (_tools, memtrace) = build::run()?;
+    let program = build_go_program("bench", &options.go, Variant::Default, &[], "")?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("xtask: note: the traced cases need root; without it they fail and are dropped");
+    }
+
+    let mut results: Results = CASES.iter().map(|_| Ok(Vec::new())).collect();
+    for round in 1..=options.rounds {
+        for (case, result) in CASES.iter().zip(&mut results) {
+            let Ok(measurements) = result else { continue };
+            let mut command = case_command(case, &memtrace, &program, options);
+            match measure(&mut command) {
+                Ok(measurement) => {
+                    println!(
+                        "bench: round {round}/{}: {:<12} elapsed {:>10}  wall {:>10}  CPU {:>10}",
+                        options.rounds,
+                        case.name,
+                        format_ns(measurement.elapsed),
+                        format_ns(measurement.wall),
+                        format_ns(measurement.cpu),
+                    );
+                    measurements.push(measurement);
+                }
+                Err(error) => {
+                    println!("bench: {}: FAILED, dropped: {error:#}", case.name);
+                    *result = Err(format!("{error:#}"));
+                }
+            }
+        }
+    }
+    print!("{}", report(&results, options));
+    Ok(if results[UNTRACED].is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn case_command(case: &Case, memtrace: &Path, program: &Path, options: &Options) -> Command {
+    let mut command = match case.memtrace_args {
+        None => Command::new(program),
+        Some(memtrace_args) => {
+            let mut command = Command::new(memtrace);
+            command.args(memtrace_args).arg("--").arg(program);
+            command
+        }
+    };
+    command
+        .arg(options.allocs.to_string())
+        .arg(options.goroutines.to_string());
+    command
+}
+
+/// Runs `command`, and returns the program's `ELAPSED_NS` with the process's wall and CPU time.
+fn measure(command: &mut Command) -> Result<Measurement> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot run `{}`", describe(command)))?;
+    let mut stdout_pipe = child.stdout.take().context("no stdout pipe")?;
+    let mut stderr_pipe = child.stderr.take().context("no stderr pipe")?;
+    let (stdout, stderr) = thread::scope(|scope| {
+        let stderr = scope.spawn(move || {
+            let mut stderr = String::new();
+            // A read error only shortens the diagnostics.
+            let _ = stderr_pipe.read_to_string(&mut stderr);
+            stderr
+        });
+        let mut stdout = String::new();
+        let _ = stdout_pipe.read_to_string(&mut stdout);
+        (stdout, stderr.join().unwrap_or_default())
+    });
+    let (status, cpu) = wait_with_rusage(child.id())
+        .with_context(|| format!("cannot wait for `{}`", describe(command)))?;
+    let wall = started.elapsed();
+    if !status.success() {
+        bail!(
+            "`{}` failed: {status}\n{}",
+            describe(command),
+            last_lines(&stderr, 10)
+        );
+    }
+    let elapsed_ns = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("ELAPSED_NS "))
+        .next_back()
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .with_context(|| {
+            format!(
+                "no ELAPSED_NS line in the output of `{}`:\n{stdout}",
+                describe(command)
+            )
+        })?;
+    Ok(Measurement {
+        elapsed: elapsed_ns,
+        wall: duration_ns(wall),
+        cpu: duration_ns(cpu),
+    })
+}
+
+/// Reaps child `pid` with wait4, returning its exit status and user + system CPU time.
+fn wait_with_rusage(pid: u32) -> std::io::Result<(ExitStatus, Duration)> {
+    use std::os::unix::process::ExitStatusExt;
+
+    let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+    let mut status = 0;
+    let mut usage = MaybeUninit::<libc::rusage>::zeroed();
+    loop {
+        // SAFETY: `status` and `usage` are valid for writes; `pid` is our unreaped child.
+        let reaped = unsafe { libc::wait4(pid, &raw mut status, 0, usage.as_mut_ptr()) };
+        if reaped == pid {
+            break;
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+    // SAFETY: wait4 filled `usage` in (and it was zeroed before).
+    let usage = unsafe { usage.assume_init() };
+    let to_duration = |time: libc::timeval| {
+        Duration::from_secs(u64::try_from(time.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(time.tv_usec).unwrap_or(0))
+    };
+    let cpu = to_duration(usage.ru_utime) + to_duration(usage.ru_stime);
+    Ok((ExitStatus::from_raw(status), cpu))
+}
+
+fn report(results: &Results, options: &Options) -> String {
+    // The program rounds N down to a multiple of G.
+    let allocs = f64::from(options.allocs / options.goroutines * options.goroutines);
+    let medians: Vec<Option<Measurement>> = results
+        .iter()
+        .map(|result| {
+            result
+                .as_ref()
+                .ok()
+                .and_then(|runs| median_measurement(runs))
+        })
+        .collect();
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nmemtrace bench: Go {}, bench {} allocations on {} goroutines, medians of {} rounds\n",
+        options.go, options.allocs, options.goroutines, options.rounds
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:>10} {:>12} {:>10} {:>10} {:>12}",
+        "case", "elapsed", "ns/alloc", "wall", "CPU", "CPU ns/alloc"
+    );
+    for ((case, median), result) in CASES.iter().zip(&medians).zip(results) {
+        match (median, result) {
+            (Some(m), _) => {
+                let _ = writeln!(
+                    out,
+                    "{:<12} {:>10} {:>12.1} {:>10} {:>10} {:>12.1}",
+                    case.name,
+                    format_ns(m.elapsed),
+                    m.elapsed / allocs,
+                    format_ns(m.wall),
+                    format_ns(m.cpu),
+                    m.cpu / allocs,
+                );
+            }
+            (None, Err(error)) => {
+                let reason = error.lines().next().unwrap_or_default();
+                let _ = writeln!(out, "{:<12} n/a: {reason}", case.name);
+            }
+            (None, Ok(_)) => {
+                let _ = writeln!(out, "{:<12} n/a", case.name);
+            }
+        }
+    }
+
+    let comparisons = [
+        ("probe-floor vs untraced", PROBE_FLOOR, UNTRACED),
+        ("all-allocs vs untraced", ALL_ALLOCS, UNTRACED),
+        ("all-allocs vs probe-floor", ALL_ALLOCS, PROBE_FLOOR),
+    ];
+    let _ = writeln!(
+        out,
+        "\n{:<26} {:>14} {:>20} {:>16}",
+        "comparison", "elapsed ratio", "elapsed ns/alloc", "CPU ns/alloc"
+    );
+    for (label, traced, baseline) in comparisons {
+        let line = match (medians[traced], medians[baseline]) {
+            (Some(traced), Some(baseline)) => format!(
+                "{label:<26} {:>13.2}x {:>+20.1} {:>+16.1}",
+                traced.elapsed / baseline.elapsed,
+                (traced.elapsed - baseline.elapsed) / allocs,
+                (traced.cpu - baseline.cpu) / allocs,
+            ),
+            _ => format!("{label:<26} {:>14}", "n/a"),
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// The per-field medians of `runs`.
+fn median_measurement(runs: &[Measurement]) -> Option<Measurement> {
+    Some(Measurement {
+        elapsed: median(runs.iter().map(|m| m.elapsed))?,
+        wall: median(runs.iter().map(|m| m.wall))?,
+        cpu: median(runs.iter().map(|m| m.cpu))?,
+    })
+}
+
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut values: Vec<f64> = values.collect();
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    Some(if values.len().is_multiple_of(2) {
+        f64::midpoint(values[middle - 1], values[middle])
+    } else {
+        values[middle]
+    })
+}
+
+fn duration_ns(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e9
+}
+
+/// `1.23 s`, `45.6 ms`, `789 µs` or `12 ns`.
+fn format_ns(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.1} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.0} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{format_ns, median};
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), Some(2.0));
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), Some(2.5));
+        assert_eq!(median(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn durations_are_readable() {
+        assert_eq!(format_ns(1.5e9), "1.50 s");
+        assert_eq!(format_ns(40.25e6), "40.2 ms");
+        assert_eq!(format_ns(789_400.0), "789 µs");
+        assert_eq!(format_ns(12.0), "12 ns");
+    }
+}

