@@ -135,6 +135,11 @@ impl Tracer {
         let mut stats: PerCpuHashMap<_, u32, TargetStats> =
             PerCpuHashMap::try_from(self.map_mut("STATS")?).map_err(|e| bpf_error("STATS", e))?;
         stats.insert(pid, zero, 0).map_err(|e| bpf_error("STATS", e))?;
+        self.set_target_config(pid, config)
+    }
+
+    /// Replaces a target's configuration (its counters stay).
+    pub fn set_target_config(&mut self, pid: u32, config: TargetConfig) -> Result<()> {
         let mut targets: HashMap<_, u32, TargetConfig> =
             HashMap::try_from(self.map_mut("TARGETS")?).map_err(|e| bpf_error("TARGETS", e))?;
         targets

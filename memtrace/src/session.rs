@@ -93,8 +93,9 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The BPF-side configuration of a target.
-fn target_config(target: &Target, stack_sample_bytes: u64) -> TargetConfig {
+/// The BPF-side configuration of a target. `load_bias` relocates the addresses of runtime
+/// globals (PIE); `None` while it is not known yet, which leaves the GC globals unread.
+fn target_config(target: &Target, load_bias: Option<u64>, stack_sample_bytes: u64) -> TargetConfig {
     let layout = &target.layout;
     let binary = &target.binary;
     let mut config = TargetConfig {
@@ -111,10 +112,12 @@ fn target_config(target: &Target, stack_sample_bytes: u64) -> TargetConfig {
     if layout.malloc_headers && !binary.build_info().experiments.iter().any(|e| e == "noallocheaders") {
         config.flags |= flags::MALLOC_HEADERS;
     }
-    if let (Some(work), Some(controller)) = (
+    if let (Some(bias), Some(work), Some(controller)) = (
+        load_bias,
         binary.data_symbol("runtime.work"),
         binary.data_symbol("runtime.gcController"),
     ) {
+        let (work, controller) = (work.wrapping_add(bias), controller.wrapping_add(bias));
         config.flags |= flags::GC_GLOBALS;
         config.work_cycles_addr = work + layout.work_cycles;
         config.work_heap0_addr = work + layout.work_heap0;
@@ -160,13 +163,26 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
         plan.gc_cycle.as_ref().map_or("none", |s| s.function.as_str()),
     );
     let mut tracer = Tracer::load(options.ring_bytes)?;
-    tracer.add_target(target.pid, target_config(&target, options.stack_sample_bytes))?;
+    // A launched PIE binary is not mapped yet, so its load bias is not known before exec.
+    let bias_known = held_child.is_none() || !target.binary.is_pie();
+    let early_bias = bias_known.then(|| target.load_bias_within(Duration::from_secs(1)));
+    tracer.add_target(
+        target.pid,
+        target_config(&target, early_bias, options.stack_sample_bytes),
+    )?;
     tracer.attach(&plan, &target.attach_path, target.pid, options.alloc_probe)?;
     let ring = tracer.take_ring_buffer()?;
     let start_ns = monotonic_ns();
     let started = Instant::now();
     if let Some(child) = held_child.as_mut() {
         child.release()?;
+        if !bias_known {
+            let bias = target.load_bias_within(Duration::from_secs(1));
+            tracer.set_target_config(
+                target.pid,
+                target_config(&target, Some(bias), options.stack_sample_bytes),
+            )?;
+        }
     }
     let watch = pidfd_open(target.pid)?;
 

@@ -90,18 +90,30 @@ impl Target {
     }
 
     /// What the kernel added to the binary's virtual addresses (0 unless PIE), read from
-    /// /proc/PID/maps the first time it is needed, once the process runs the binary.
-    pub fn load_bias(&self) -> u64 {
+    /// /proc/PID/maps once the process has mapped the binary. In launch mode the mapping can
+    /// lag a moment behind `exec`, so this waits up to `timeout` for it; 0 if it never shows.
+    pub fn load_bias_within(&self, timeout: std::time::Duration) -> u64 {
         if !self.binary.is_pie() {
             return 0;
         }
         if let Some(bias) = self.load_bias.get() {
             return *bias;
         }
-        match self.read_load_bias() {
-            Some(bias) => *self.load_bias.get_or_init(|| bias),
-            None => 0,
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(bias) = self.read_load_bias() {
+                return *self.load_bias.get_or_init(|| bias);
+            }
+            if std::time::Instant::now() >= deadline {
+                return 0;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+
+    /// The load bias, once known (see [`Target::load_bias_within`]).
+    pub fn load_bias(&self) -> u64 {
+        self.load_bias_within(std::time::Duration::ZERO)
     }
 
     fn read_load_bias(&self) -> Option<u64> {
