@@ -2,6 +2,7 @@
 //! after mark termination, when the cycle's heap numbers are final.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::uprobe, programs::ProbeContext};
+use aya_log_ebpf::debug;
 use memtrace_common::{flags, tag, GcCycle};
 
 use crate::{
@@ -10,7 +11,7 @@ use crate::{
 };
 
 #[uprobe]
-pub fn gc_cycle(_ctx: ProbeContext) -> u32 {
+pub fn gc_cycle(ctx: ProbeContext) -> u32 {
     let Some((tgid, config, stats)) = current() else {
         return 0;
     };
@@ -35,5 +36,15 @@ pub fn gc_cycle(_ctx: ProbeContext) -> u32 {
     if EVENTS.output::<GcCycle>(&cycle, 0).is_err() {
         stats.ringbuf_drops += 1;
     }
+    // Rare (once per cycle), so cheap enough to offer as a `-vv` diagnostic.
+    debug!(
+        &ctx,
+        "pid {} gc cycle {}: heap {} -> {}, marked {}",
+        tgid,
+        cycle.cycle,
+        cycle.heap_start,
+        cycle.heap_end,
+        cycle.heap_marked
+    );
     0
 }

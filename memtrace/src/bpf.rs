@@ -11,6 +11,7 @@ use aya::{
     util::nr_cpus,
     Ebpf, EbpfLoader,
 };
+use aya_log::EbpfLogger;
 use memtrace_common::{
     global_counter, TargetConfig, TargetStats, EXP_TABLE_ENTRIES, EXP_TABLE_SHIFT,
     NUM_SIZE_CLASSES,
@@ -41,6 +42,8 @@ pub enum AllocProbe {
 /// The loaded eBPF object.
 pub struct Tracer {
     ebpf: Ebpf,
+    /// Forwards the probes' aya-log diagnostics to the `log` crate (shown with `-vv`).
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
     links: Vec<(&'static str, UProbeLinkId)>,
 }
 
@@ -89,8 +92,16 @@ impl Tracer {
                 .map_err(|e| bpf_error(name, e))?;
             program.load().map_err(|e| bpf_error(name, e))?;
         }
+        let logger = match EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(error) => {
+                log::debug!("no eBPF diagnostics: {error}");
+                None
+            }
+        };
         let mut tracer = Tracer {
             ebpf,
+            logger,
             links: Vec::new(),
         };
         tracer.fill_tables()?;
@@ -222,6 +233,11 @@ impl Tracer {
             *total = values.iter().sum();
         }
         Ok(totals)
+    }
+
+    /// Takes the probes' log channel out, for the event loop.
+    pub fn take_logger(&mut self) -> Option<EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
     }
 
     /// Takes the ring buffer out, for the event loop.

@@ -67,7 +67,8 @@ struct Cli {
     #[arg(long, help_heading = "Advanced")]
     probe_floor: bool,
 
-    /// Log what memtrace does (-v info, -vv debug).
+    /// Log what memtrace does (-v info, -vv debug with the probes' diagnostics, -vvv also
+    /// the eBPF loader's).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 }
@@ -116,6 +117,9 @@ fn main() -> ExitCode {
             1 => log::LevelFilter::Info,
             _ => log::LevelFilter::Debug,
         })
+        // aya's own loader chatter only from -vvv on.
+        .filter_module("aya", if cli.verbose >= 3 { log::LevelFilter::Debug } else { log::LevelFilter::Info })
+        .filter_module("aya_obj", if cli.verbose >= 3 { log::LevelFilter::Debug } else { log::LevelFilter::Info })
         .format_target(false)
         .init();
     match run(cli) {

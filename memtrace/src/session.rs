@@ -254,6 +254,11 @@ async fn event_loop(
     // SAFETY: `watch` is an owned pidfd that lives as long as this AsyncFd.
     let exited = unsafe { AsyncFd::register_with_interest(watch, tokio::io::Interest::READABLE) }
         .map_err(|e| Error::io("watching the target", e.into()))?;
+    let mut logger = match tracer.take_logger() {
+        // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd owns it.
+        Some(logger) => unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }.ok(),
+        None => None,
+    };
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT", e))?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM", e))?;
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP", e))?;
@@ -274,6 +279,12 @@ async fn event_loop(
                     analysis.record(&record, bias);
                 }
                 guard.clear_ready();
+            }
+            guard = async { logger.as_mut().expect("guarded by the branch condition").readable_mut().await }, if logger.is_some() => {
+                if let Ok(mut guard) = guard {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
             }
             _ = exited.readable() => {
                 if launched {

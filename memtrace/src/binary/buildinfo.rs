@@ -156,17 +156,17 @@ pub(crate) fn parse_build_info(blob: &[u8]) -> Result<BuildInfo, BinaryError> {
         .ok_or_else(|| BinaryError::Malformed(format!("cannot parse Go version {go_version:?}")))?;
 
     // Mirror debug/buildinfo: module info that is not properly framed is treated as absent.
-    let modinfo = String::from_utf8_lossy(modinfo_bytes);
-    let modinfo = if modinfo.len() >= 2 * MODINFO_SENTINEL_LEN + 1
-        && modinfo.as_bytes()[modinfo.len() - MODINFO_SENTINEL_LEN - 1] == b'\n'
-    {
-        modinfo
-            .get(MODINFO_SENTINEL_LEN..modinfo.len() - MODINFO_SENTINEL_LEN)
-            .unwrap_or("")
+    // The sentinels are not UTF-8, so they are cut off before decoding.
+    let framed = modinfo_bytes.len() >= 2 * MODINFO_SENTINEL_LEN + 1
+        && modinfo_bytes[modinfo_bytes.len() - MODINFO_SENTINEL_LEN - 1] == b'\n';
+    let modinfo = if framed {
+        String::from_utf8_lossy(
+            &modinfo_bytes[MODINFO_SENTINEL_LEN..modinfo_bytes.len() - MODINFO_SENTINEL_LEN],
+        )
     } else {
-        ""
+        Default::default()
     };
-    let (main_path, settings) = parse_modinfo(modinfo);
+    let (main_path, settings) = parse_modinfo(&modinfo);
 
     Ok(BuildInfo {
         go_version,
@@ -361,7 +361,7 @@ mod tests {
         assert_eq!(version(1, 26, 6).to_string(), "go1.26.6");
     }
 
-    fn blob(version: &str, modinfo: &str, flags: u8) -> Vec<u8> {
+    fn blob(version: &[u8], modinfo: &[u8], flags: u8) -> Vec<u8> {
         let mut blob = BUILD_INFO_MAGIC.to_vec();
         blob.push(8);
         blob.push(flags);
@@ -374,20 +374,23 @@ mod tests {
                 blob.push((s.len() & 0x7f) as u8 | 0x80);
                 blob.push((s.len() >> 7) as u8);
             }
-            blob.extend_from_slice(s.as_bytes());
+            blob.extend_from_slice(s);
         }
         blob
     }
 
     #[test]
     fn decodes_a_synthetic_blob() {
-        let start = "0123456789abcdef";
-        let end = "fedcba9876543210";
-        let modinfo = format!(
-            "{start}path\texample.com/app\nmod\texample.com/app\t(devel)\t\nbuild\t-buildmode=pie\n\
-             build\t-ldflags=\"-s -w\"\nbuild\tDefaultGODEBUG=a=1,b=0\n{end}"
+        // The real sentinels (cmd/go/internal/modload) are not valid UTF-8.
+        let start = b"0w\xaf\x0c\x92t\x08\x02A\xe1\xc1\x07\xe6\xd6\x18\xe6";
+        let end = b"\xf92C1\x86\x18 r\x00\x82B\x10A\x16\xd8\xf2";
+        let mut modinfo = start.to_vec();
+        modinfo.extend_from_slice(
+            b"path\texample.com/app\nmod\texample.com/app\t(devel)\t\nbuild\t-buildmode=pie\n\
+              build\t-ldflags=\"-s -w\"\nbuild\tDefaultGODEBUG=a=1,b=0\n",
         );
-        let info = parse_build_info(&blob("go1.24.11", &modinfo, FLAG_INLINE_STRINGS)).unwrap();
+        modinfo.extend_from_slice(end);
+        let info = parse_build_info(&blob(b"go1.24.11", &modinfo, FLAG_INLINE_STRINGS)).unwrap();
         assert_eq!(info.go_version, "go1.24.11");
         assert_eq!(info.version, version(1, 24, 11));
         assert!(info.experiments.is_empty());
@@ -400,7 +403,7 @@ mod tests {
 
     #[test]
     fn unframed_modinfo_is_ignored_like_debug_buildinfo_does() {
-        let info = parse_build_info(&blob("go1.21.13", "path\tx\n", FLAG_INLINE_STRINGS)).unwrap();
+        let info = parse_build_info(&blob(b"go1.21.13", b"path\tx\n", FLAG_INLINE_STRINGS)).unwrap();
         assert_eq!(info.main_path, None);
         assert!(info.settings.is_empty());
     }
@@ -408,22 +411,22 @@ mod tests {
     #[test]
     fn rejects_old_and_broken_blobs() {
         assert!(matches!(
-            parse_build_info(&blob("go1.17", "", 0)),
+            parse_build_info(&blob(b"go1.17", b"", 0)),
             Err(BinaryError::Unsupported(_))
         ));
         assert!(matches!(
-            parse_build_info(&blob("go1.21.0", "", FLAG_INLINE_STRINGS)[..40]),
+            parse_build_info(&blob(b"go1.21.0", b"", FLAG_INLINE_STRINGS)[..40]),
             Err(BinaryError::Malformed(_))
         ));
         assert!(matches!(
-            parse_build_info(&blob("not-a-version", "", FLAG_INLINE_STRINGS)),
+            parse_build_info(&blob(b"not-a-version", b"", FLAG_INLINE_STRINGS)),
             Err(BinaryError::Malformed(_))
         ));
-        let mut bad_magic = blob("go1.21.0", "", FLAG_INLINE_STRINGS);
+        let mut bad_magic = blob(b"go1.21.0", b"", FLAG_INLINE_STRINGS);
         bad_magic[3] ^= 0xff;
         assert!(matches!(parse_build_info(&bad_magic), Err(BinaryError::Malformed(_))));
         // A length prefix that runs past the end.
-        let mut long = blob("go1.21.0", "", FLAG_INLINE_STRINGS);
+        let mut long = blob(b"go1.21.0", b"", FLAG_INLINE_STRINGS);
         long[HEADER_LEN] = 0x7f;
         assert!(matches!(parse_build_info(&long), Err(BinaryError::Malformed(_))));
     }
