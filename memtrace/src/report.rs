@@ -275,7 +275,7 @@ impl Report {
         );
         let _ = writeln!(out, "gc cycles: {}", self.gc.cycles);
         let _ = writeln!(out, "{}", loss_line(&self.events));
-        let _ = writeln!(out, "{}", self.sampling.note);
+        let _ = writeln!(out, "{}", wrap(&self.sampling.note, 100));
         let _ = writeln!(out);
         out.push_str(&site_table(
             self.alloc_sites
@@ -312,6 +312,24 @@ pub fn loss_line(events: &Events) -> String {
         events.decode_errors,
         events.unattributed
     )
+}
+
+/// Breaks text into lines of at most `width` characters at spaces.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line_len = 0;
+    for word in text.split_whitespace() {
+        if line_len > 0 && line_len + 1 + word.len() > width {
+            out.push('\n');
+            line_len = 0;
+        } else if line_len > 0 {
+            out.push(' ');
+            line_len += 1;
+        }
+        out.push_str(word);
+        line_len += word.len();
+    }
+    out
 }
 
 pub fn location(file: &str, line: u32) -> String {

@@ -348,11 +348,27 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// The live view: redrawn in place on stderr.
+/// The live view: a panel at the bottom of the terminal (stderr), below a scrolling region in
+/// which the target's own output (launch mode) keeps scrolling, the way apt draws its progress
+/// bar.
 #[derive(Default)]
 struct LiveView {
-    lines_drawn: usize,
+    /// Terminal rows and the panel's height, once the scrolling region is set up.
+    panel: Option<(u16, u16)>,
     last: Option<(Instant, u64, u64)>,
+}
+
+/// Rows and columns of the terminal on stderr.
+fn terminal_size() -> Option<(u16, u16)> {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass.
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    (ok && size.ws_row > 0 && size.ws_col > 0).then_some((size.ws_row, size.ws_col))
 }
 
 impl LiveView {
@@ -363,6 +379,9 @@ impl LiveView {
         options: &SessionOptions,
         start_ns: u64,
     ) {
+        let Some((rows, columns)) = terminal_size() else {
+            return;
+        };
         let now = Instant::now();
         let bytes = crate::report::slot_bytes(stats);
         let (objects_rate, bytes_rate, elapsed) = match self.last {
@@ -380,7 +399,7 @@ impl LiveView {
         let window = analysis.take_window();
         let since_start = (monotonic_ns().saturating_sub(start_ns)) as f64 / 1e9;
         let mut text = format!(
-            "memtrace  {since_start:.0}s  {} objects/s  {}/s  total {} objects {}  gc cycles {}\n",
+            "memtrace {since_start:.0}s | {} objects/s {}/s | total {} objects {} | gc cycles {}\n",
             human_count(objects_rate),
             human_bytes(bytes_rate),
             stats.objects,
@@ -400,6 +419,7 @@ impl LiveView {
         text.push('\n');
         let sites: Vec<_> = window
             .iter()
+            .filter(|(_, objects, _)| *objects > 0.0)
             .take(options.top)
             .filter_map(|(key, objects, bytes)| {
                 let site = analysis.site(key)?;
@@ -416,20 +436,49 @@ impl LiveView {
         text.push_str(&site_table(sites.iter().map(|(key, b, o, size)| {
             (key.function.as_str(), key.file.as_str(), key.line, *b, *o, Some(size))
         })));
-        self.clear();
+
+        // The panel: the header lines plus `top` sites, at most half the terminal.
+        let height = ((options.top + 3) as u16).min(rows / 2).max(3);
+        let mut out = String::new();
+        match self.panel {
+            Some((panel_rows, panel_height)) if panel_rows == rows && panel_height == height => {}
+            _ => {
+                // Make room by scrolling what is on screen up, then confine scrolling to the
+                // rows above the panel.
+                self.reset_region(&mut out);
+                out.push_str(&"\n".repeat(height as usize));
+                out.push_str(&format!("\x1b[{height}A\x1b7\x1b[1;{}r\x1b8", rows - height));
+                self.panel = Some((rows, height));
+            }
+        }
+        out.push_str("\x1b7");
+        let lines: Vec<&str> = text.lines().collect();
+        for row in 0..height {
+            let line = lines.get(row as usize).copied().unwrap_or("");
+            let line: String = line.chars().take(columns as usize).collect();
+            out.push_str(&format!("\x1b[{};1H\x1b[2K{line}", rows - height + 1 + row));
+        }
+        out.push_str("\x1b8");
         let mut stderr = std::io::stderr().lock();
-        let _ = stderr.write_all(text.as_bytes());
+        let _ = stderr.write_all(out.as_bytes());
         let _ = stderr.flush();
-        self.lines_drawn = text.lines().count();
     }
 
-    /// Erases what the last draw wrote.
+    fn reset_region(&mut self, out: &mut String) {
+        if let Some((rows, height)) = self.panel.take() {
+            // Full-screen scrolling again, and the panel erased.
+            out.push_str(&format!("\x1b7\x1b[r\x1b[{};1H\x1b[J\x1b8", rows - height + 1));
+        }
+    }
+
+    /// Removes the panel and gives the terminal back as it was.
     fn clear(&mut self) {
-        if self.lines_drawn > 0 {
+        let mut out = String::new();
+        self.reset_region(&mut out);
+        if !out.is_empty() {
             let mut stderr = std::io::stderr().lock();
-            let _ = write!(stderr, "\x1b[{}F\x1b[J", self.lines_drawn);
+            let _ = stderr.write_all(out.as_bytes());
             let _ = stderr.flush();
-            self.lines_drawn = 0;
         }
     }
 }
