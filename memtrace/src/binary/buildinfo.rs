@@ -32,7 +32,11 @@ pub struct GoVersion {
 
 impl GoVersion {
     pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
-        GoVersion { major, minor, patch }
+        GoVersion {
+            major,
+            minor,
+            patch,
+        }
     }
 }
 
@@ -95,7 +99,14 @@ pub fn parse_go_version(s: &str) -> Option<(GoVersion, Vec<String>)> {
         None => (0, rest),
     };
 
-    Some((GoVersion { major, minor, patch }, experiments_of(s)))
+    Some((
+        GoVersion {
+            major,
+            minor,
+            patch,
+        },
+        experiments_of(s),
+    ))
 }
 
 /// The `X:a,b` suffix of a version string. The linker appends it after `-` or, when the version
@@ -157,7 +168,7 @@ pub(crate) fn parse_build_info(blob: &[u8]) -> Result<BuildInfo, BinaryError> {
 
     // Mirror debug/buildinfo: module info that is not properly framed is treated as absent.
     // The sentinels are not UTF-8, so they are cut off before decoding.
-    let framed = modinfo_bytes.len() >= 2 * MODINFO_SENTINEL_LEN + 1
+    let framed = modinfo_bytes.len() > 2 * MODINFO_SENTINEL_LEN
         && modinfo_bytes[modinfo_bytes.len() - MODINFO_SENTINEL_LEN - 1] == b'\n';
     let modinfo = if framed {
         String::from_utf8_lossy(
@@ -309,10 +320,22 @@ mod tests {
 
     #[test]
     fn parses_release_versions() {
-        assert_eq!(parse_go_version("go1.21.13"), Some((version(1, 21, 13), vec![])));
-        assert_eq!(parse_go_version("go1.22"), Some((version(1, 22, 0), vec![])));
-        assert_eq!(parse_go_version("go1.22rc1"), Some((version(1, 22, 0), vec![])));
-        assert_eq!(parse_go_version("go1.27.3"), Some((version(1, 27, 3), vec![])));
+        assert_eq!(
+            parse_go_version("go1.21.13"),
+            Some((version(1, 21, 13), vec![]))
+        );
+        assert_eq!(
+            parse_go_version("go1.22"),
+            Some((version(1, 22, 0), vec![]))
+        );
+        assert_eq!(
+            parse_go_version("go1.22rc1"),
+            Some((version(1, 22, 0), vec![]))
+        );
+        assert_eq!(
+            parse_go_version("go1.27.3"),
+            Some((version(1, 27, 3), vec![]))
+        );
     }
 
     #[test]
@@ -330,7 +353,10 @@ mod tests {
         );
         assert_eq!(
             parse_go_version("go1.27.3-X:nosizespecializedmalloc"),
-            Some((version(1, 27, 3), vec!["nosizespecializedmalloc".to_owned()]))
+            Some((
+                version(1, 27, 3),
+                vec!["nosizespecializedmalloc".to_owned()]
+            ))
         );
         // The linker uses a space when the version already has a dash.
         assert_eq!(
@@ -349,7 +375,9 @@ mod tests {
 
     #[test]
     fn rejects_non_versions() {
-        for bad in ["", "go", "1.21.3", "go1", "go1.", "gox.y", "go1.x", "go1.21."] {
+        for bad in [
+            "", "go", "1.21.3", "go1", "go1.", "gox.y", "go1.x", "go1.21.",
+        ] {
             assert_eq!(parse_go_version(bad), None, "{bad:?}");
         }
     }
@@ -403,7 +431,8 @@ mod tests {
 
     #[test]
     fn unframed_modinfo_is_ignored_like_debug_buildinfo_does() {
-        let info = parse_build_info(&blob(b"go1.21.13", b"path\tx\n", FLAG_INLINE_STRINGS)).unwrap();
+        let info =
+            parse_build_info(&blob(b"go1.21.13", b"path\tx\n", FLAG_INLINE_STRINGS)).unwrap();
         assert_eq!(info.main_path, None);
         assert!(info.settings.is_empty());
     }
@@ -424,17 +453,26 @@ mod tests {
         ));
         let mut bad_magic = blob(b"go1.21.0", b"", FLAG_INLINE_STRINGS);
         bad_magic[3] ^= 0xff;
-        assert!(matches!(parse_build_info(&bad_magic), Err(BinaryError::Malformed(_))));
+        assert!(matches!(
+            parse_build_info(&bad_magic),
+            Err(BinaryError::Malformed(_))
+        ));
         // A length prefix that runs past the end.
         let mut long = blob(b"go1.21.0", b"", FLAG_INLINE_STRINGS);
         long[HEADER_LEN] = 0x7f;
-        assert!(matches!(parse_build_info(&long), Err(BinaryError::Malformed(_))));
+        assert!(matches!(
+            parse_build_info(&long),
+            Err(BinaryError::Malformed(_))
+        ));
     }
 
     #[test]
     fn unquotes_go_strings() {
         assert_eq!(unquote_go(r#""a b""#).as_deref(), Some("a b"));
-        assert_eq!(unquote_go(r#""tab\there\"\\\x41\u00e9""#).as_deref(), Some("tab\there\"\\Aé"));
+        assert_eq!(
+            unquote_go(r#""tab\there\"\\\x41\u00e9""#).as_deref(),
+            Some("tab\there\"\\Aé")
+        );
         assert_eq!(unquote_go("`raw \\n`").as_deref(), Some("raw \\n"));
         assert_eq!(unquote_go(r#""bad \q""#), None);
         assert_eq!(unquote_go(r#""short \x4""#), None);

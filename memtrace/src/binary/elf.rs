@@ -98,7 +98,9 @@ impl ElfIndex {
             ));
         }
         let header = Header::parse(data).map_err(|error| malformed("ELF header", error))?;
-        let endian = header.endian().map_err(|error| malformed("ELF header", error))?;
+        let endian = header
+            .endian()
+            .map_err(|error| malformed("ELF header", error))?;
         let machine = header.e_machine(endian);
         if machine != elf::EM_X86_64 {
             return Err(BinaryError::Unsupported(format!(
@@ -310,7 +312,10 @@ mod tests {
         let mut notes = note(b"GNU\0", 3, &[0xde, 0xad, 0xbe, 0xef, 0x01]);
         notes.extend(note(b"Go\0\0", 4, b"abc/def"));
         assert_eq!(find_note(&notes, b"Go", 4), Some(&b"abc/def"[..]));
-        assert_eq!(find_note(&notes, b"GNU", 3), Some(&[0xde, 0xad, 0xbe, 0xef, 0x01][..]));
+        assert_eq!(
+            find_note(&notes, b"GNU", 3),
+            Some(&[0xde, 0xad, 0xbe, 0xef, 0x01][..])
+        );
         assert_eq!(find_note(&notes, b"Go", 3), None);
         // A descriptor size that runs past the end stops the walk instead of panicking.
         let mut broken = note(b"Go\0\0", 4, b"abc");

@@ -9,7 +9,10 @@
 //! | build info | `.go.buildinfo` | scan writable data segments for the magic, like `debug/buildinfo` |
 //! | pclntab | `.gopclntab`; in PIE before Go 1.26 `.data.rel.ro.gopclntab` (it held the relocated `textStart`) | `runtime.pcheader` symbol, word 0 of `.go.module`, scan for the header |
 //! | module data | `runtime.firstmoduledata`; `.go.module` from Go 1.26 | scan writable segments for a word pointing at the pclntab header |
-//! | gofunc | `go:func.*` symbol: in `.rodata` up to 1.26, inside `.gopclntab` from 1.27 | `moduledata.gofunc` |
+//! | gofunc | `go:func.*` symbol: in `.rodata` up to 1.24, inside `.gopclntab` from 1.26 | `moduledata.gofunc` |
+//!
+//! Go 1.27's `.go.func` section is not gofunc: it holds the `go:funcdesc` function-value
+//! descriptors (`cmd/link/internal/ld/symtab.go`), while funcdata stays in `.gopclntab`.
 
 use std::{ops::Range, sync::Arc};
 
@@ -138,7 +141,10 @@ fn find_pclntab(elf: &ElfIndex, file: &Arc<Vec<u8>>) -> Option<(u64, Range<usize
         });
     if let Some(vaddr) = header_vaddr {
         if let Some(range) = elf.file_range_from_vaddr(vaddr) {
-            if data.get(range.clone())?.starts_with(&pclntab_header_prefix()) {
+            if data
+                .get(range.clone())?
+                .starts_with(&pclntab_header_prefix())
+            {
                 return Some((vaddr, range));
             }
         }

@@ -54,9 +54,7 @@ pub enum BinaryError {
     Unsupported(String),
     #[error("malformed binary: {0}")]
     Malformed(String),
-    #[error(
-        "no `push %rbp` in the prologue of the function at {addr:#x} (a frameless function?)"
-    )]
+    #[error("no `push %rbp` in the prologue of the function at {addr:#x} (a frameless function?)")]
     NoFramePointerPush { addr: u64 },
     #[error("the code of {name} ({addr:#x}, {size} bytes) is not in the file")]
     CodeNotInFile { name: String, addr: u64, size: u64 },
@@ -164,9 +162,7 @@ impl GoBinary {
 
     /// The Go build ID string from the `Go` ELF note.
     pub fn go_build_id(&self) -> Option<String> {
-        let desc = self
-            .elf
-            .note(&self.data, GO_NOTE_OWNER, GO_NOTE_BUILD_ID)?;
+        let desc = self.elf.note(&self.data, GO_NOTE_OWNER, GO_NOTE_BUILD_ID)?;
         let id = String::from_utf8_lossy(desc);
         let id = id.trim_end_matches('\0');
         (!id.is_empty()).then(|| id.to_owned())

@@ -545,9 +545,7 @@ impl Pclntab {
         if data_off == NO_FUNCDATA {
             return None;
         }
-        let start = gofunc
-            .start
-            .checked_add(usize::try_from(data_off).ok()?)?;
+        let start = gofunc.start.checked_add(usize::try_from(data_off).ok()?)?;
         (start < gofunc.end).then_some(start..gofunc.end)
     }
 
@@ -671,7 +669,11 @@ mod tests {
         assert_eq!(table.find_function("main."), None);
         assert_eq!(table.text_range(), Some(0x1000..0x1030));
 
-        let at = |pc| table.lookup(pc).map(|loc| (loc.function, loc.file, loc.line));
+        let at = |pc| {
+            table
+                .lookup(pc)
+                .map(|loc| (loc.function, loc.file, loc.line))
+        };
         assert_eq!(at(0x1000), Some(("main.a".into(), "b.go".into(), 10)));
         assert_eq!(at(0x1003), Some(("main.a".into(), "b.go".into(), 10)));
         assert_eq!(at(0x1004), Some(("main.a".into(), "b.go".into(), 12)));
@@ -687,7 +689,10 @@ mod tests {
     #[test]
     fn header_text_start_is_used_when_no_address_is_given() {
         let mut bytes = synthetic();
-        assert!(matches!(parse(bytes.clone(), None), Err(BinaryError::Malformed(_))));
+        assert!(matches!(
+            parse(bytes.clone(), None),
+            Err(BinaryError::Malformed(_))
+        ));
         bytes[24..32].copy_from_slice(&0x40_1000u64.to_le_bytes());
         let table = parse(bytes, None).unwrap();
         assert_eq!(table.text_start(), 0x40_1000);
@@ -707,7 +712,10 @@ mod tests {
         }
         let mut bytes = synthetic();
         bytes[..4].copy_from_slice(&0x1234_5678u32.to_le_bytes());
-        assert!(matches!(parse(bytes, Some(0)), Err(BinaryError::Malformed(_))));
+        assert!(matches!(
+            parse(bytes, Some(0)),
+            Err(BinaryError::Malformed(_))
+        ));
     }
 
     #[test]

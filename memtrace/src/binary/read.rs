@@ -100,7 +100,10 @@ mod tests {
             Some((u64::MAX, 10))
         );
         assert_eq!(uvarint32(&[0xac, 0x02]), Some((300, 2)));
-        assert_eq!(uvarint32(&[0xff, 0xff, 0xff, 0xff, 0x0f]), Some((u32::MAX, 5)));
+        assert_eq!(
+            uvarint32(&[0xff, 0xff, 0xff, 0xff, 0x0f]),
+            Some((u32::MAX, 5))
+        );
         assert_eq!(uvarint32(&[0xff; 6]), None);
     }
 }
