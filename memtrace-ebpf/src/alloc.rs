@@ -175,7 +175,10 @@ fn size_class(size: u64) -> u32 {
 fn next_sample_gap(interval: u64) -> i64 {
     // SAFETY: no preconditions.
     let index = unsafe { bpf_get_prandom_u32() } & (EXP_TABLE_ENTRIES - 1);
-    let draw = EXP_TABLE.get(index).copied().unwrap_or(1 << EXP_TABLE_SHIFT);
+    let draw = EXP_TABLE
+        .get(index)
+        .copied()
+        .unwrap_or(1 << EXP_TABLE_SHIFT);
     ((draw * interval) >> EXP_TABLE_SHIFT) as i64
 }
 

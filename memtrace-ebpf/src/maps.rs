@@ -22,7 +22,8 @@ pub static STATS: PerCpuHashMap<u32, TargetStats> = PerCpuHashMap::with_max_entr
 
 /// Losses that cannot be attributed to a target (see `global_counter`).
 #[map]
-pub static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global_counter::COUNT, 0);
+pub static GLOBAL_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(global_counter::COUNT, 0);
 
 /// Go's `size_to_class8` followed by `size_to_class128`, filled by userspace.
 #[map]

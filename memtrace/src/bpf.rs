@@ -13,8 +13,7 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use memtrace_common::{
-    global_counter, TargetConfig, TargetStats, EXP_TABLE_ENTRIES, EXP_TABLE_SHIFT,
-    NUM_SIZE_CLASSES,
+    global_counter, TargetConfig, TargetStats, EXP_TABLE_ENTRIES, EXP_TABLE_SHIFT, NUM_SIZE_CLASSES,
 };
 
 use crate::{
@@ -116,8 +115,8 @@ impl Tracer {
                 .set(index as u32, class, 0)
                 .map_err(|e| bpf_error("SIZE_TO_CLASS", e))?;
         }
-        let mut draws: Array<_, u64> = Array::try_from(self.map_mut("EXP_TABLE")?)
-            .map_err(|e| bpf_error("EXP_TABLE", e))?;
+        let mut draws: Array<_, u64> =
+            Array::try_from(self.map_mut("EXP_TABLE")?).map_err(|e| bpf_error("EXP_TABLE", e))?;
         for (index, draw) in exponential_quantiles().into_iter().enumerate() {
             draws
                 .set(index as u32, draw, 0)
@@ -145,7 +144,9 @@ impl Tracer {
             .map_err(|e| bpf_error("STATS", e))?;
         let mut stats: PerCpuHashMap<_, u32, TargetStats> =
             PerCpuHashMap::try_from(self.map_mut("STATS")?).map_err(|e| bpf_error("STATS", e))?;
-        stats.insert(pid, zero, 0).map_err(|e| bpf_error("STATS", e))?;
+        stats
+            .insert(pid, zero, 0)
+            .map_err(|e| bpf_error("STATS", e))?;
         self.set_target_config(pid, config)
     }
 
@@ -192,7 +193,12 @@ impl Tracer {
             Ok::<_, Error>(())
         };
         for site in &plan.alloc {
-            attach(alloc_program, site.file_offset, site.entry_kind, &site.function)?;
+            attach(
+                alloc_program,
+                site.file_offset,
+                site.entry_kind,
+                &site.function,
+            )?;
         }
         if let Some(site) = &plan.gc_cycle {
             attach("gc_cycle", site.file_offset, 0, &site.function)?;
@@ -203,11 +209,7 @@ impl Tracer {
     /// Removes every probe. Also happens on drop.
     pub fn detach_all(&mut self) {
         for (program, link) in self.links.drain(..) {
-            if let Some(Ok(uprobe)) = self
-                .ebpf
-                .program_mut(program)
-                .map(<&mut UProbe>::try_from)
-            {
+            if let Some(Ok(uprobe)) = self.ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
                 let _ = uprobe.detach(link);
             }
         }

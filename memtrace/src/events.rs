@@ -60,8 +60,7 @@ fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
 
 impl Event {
     pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-        let header: RecordHeader =
-            read_record(bytes).ok_or(DecodeError::Truncated(bytes.len()))?;
+        let header: RecordHeader = read_record(bytes).ok_or(DecodeError::Truncated(bytes.len()))?;
         match header.tag {
             tag::ALLOC_SAMPLE => {
                 let sample: AllocSample =
@@ -118,7 +117,11 @@ mod tests {
         let mut stack = [0u64; MAX_STACK_DEPTH];
         stack[..3].copy_from_slice(&[0x401000, 0x402000, 0x403000]);
         let sample = AllocSample {
-            header: RecordHeader { tag: tag::ALLOC_SAMPLE, tgid: 42, ts_ns: 7 },
+            header: RecordHeader {
+                tag: tag::ALLOC_SAMPLE,
+                tgid: 42,
+                ts_ns: 7,
+            },
             size: 100,
             slot_size: 112,
             g: 0xc000001000,
@@ -140,16 +143,34 @@ mod tests {
     #[test]
     fn rejects_short_and_unknown_records() {
         assert_eq!(Event::decode(&[1, 0, 0]), Err(DecodeError::Truncated(3)));
-        let header = RecordHeader { tag: 99, tgid: 1, ts_ns: 0 };
-        assert_eq!(Event::decode(&bytes_of(&header)), Err(DecodeError::UnknownTag(99)));
-        let header = RecordHeader { tag: tag::ALLOC_SAMPLE, tgid: 1, ts_ns: 0 };
-        assert_eq!(Event::decode(&bytes_of(&header)), Err(DecodeError::Truncated(16)));
+        let header = RecordHeader {
+            tag: 99,
+            tgid: 1,
+            ts_ns: 0,
+        };
+        assert_eq!(
+            Event::decode(&bytes_of(&header)),
+            Err(DecodeError::UnknownTag(99))
+        );
+        let header = RecordHeader {
+            tag: tag::ALLOC_SAMPLE,
+            tgid: 1,
+            ts_ns: 0,
+        };
+        assert_eq!(
+            Event::decode(&bytes_of(&header)),
+            Err(DecodeError::Truncated(16))
+        );
     }
 
     #[test]
     fn stack_len_is_clamped() {
         let sample = AllocSample {
-            header: RecordHeader { tag: tag::ALLOC_SAMPLE, tgid: 1, ts_ns: 0 },
+            header: RecordHeader {
+                tag: tag::ALLOC_SAMPLE,
+                tgid: 1,
+                ts_ns: 0,
+            },
             size: 8,
             slot_size: 8,
             g: 0,

@@ -1,9 +1,11 @@
 //! The memtrace command line.
 
-use std::{ffi::OsString, fs::File, io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    ffi::OsString, fs::File, io::Write as _, path::PathBuf, process::ExitCode, time::Duration,
+};
 
 use anyhow::Context as _;
-use clap::{Parser, ArgGroup};
+use clap::{ArgGroup, Parser};
 use memtrace::{
     bpf::{AllocProbe, DEFAULT_RING_BYTES},
     error::{exit_code, Error},
@@ -75,9 +77,13 @@ struct Cli {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("not a duration: {text:?}"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?}"))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "" | "s" => value,
@@ -93,10 +99,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: u64 = number.parse().map_err(|_| format!("not a size: {text:?}"))?;
-    let multiplier: u64 = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("not a size: {text:?}"))?;
+    let multiplier: u64 = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "" => 1,
         "K" => 1 << 10,
         "M" => 1 << 20,
@@ -118,8 +132,22 @@ fn main() -> ExitCode {
             _ => log::LevelFilter::Debug,
         })
         // aya's own loader chatter only from -vvv on.
-        .filter_module("aya", if cli.verbose >= 3 { log::LevelFilter::Debug } else { log::LevelFilter::Info })
-        .filter_module("aya_obj", if cli.verbose >= 3 { log::LevelFilter::Debug } else { log::LevelFilter::Info })
+        .filter_module(
+            "aya",
+            if cli.verbose >= 3 {
+                log::LevelFilter::Debug
+            } else {
+                log::LevelFilter::Info
+            },
+        )
+        .filter_module(
+            "aya_obj",
+            if cli.verbose >= 3 {
+                log::LevelFilter::Debug
+            } else {
+                log::LevelFilter::Info
+            },
+        )
         .format_target(false)
         .init();
     match run(cli) {
@@ -148,7 +176,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         target,
         duration: cli.duration,
         stack_sample_bytes: cli.stack_sample_bytes,
-        alloc_probe: if cli.probe_floor { AllocProbe::Floor } else { AllocProbe::Trace },
+        alloc_probe: if cli.probe_floor {
+            AllocProbe::Floor
+        } else {
+            AllocProbe::Trace
+        },
         live: !cli.no_live,
         live_interval: cli.interval,
         top: cli.top,

@@ -138,26 +138,53 @@ mod tests {
 
     #[test]
     fn plans_follow_what_each_go_version_contains() {
-        for (version, expected_split) in [("1.21.13", 0), ("1.22.10", 0), ("1.24.11", 5), ("1.26.6", 5), ("1.27.3", 4)] {
+        for (version, expected_split) in [
+            ("1.21.13", 0),
+            ("1.22.10", 0),
+            ("1.24.11", 5),
+            ("1.26.6", 5),
+            ("1.27.3", 4),
+        ] {
             let plans: Vec<ProbePlan> = Variant::ALL
                 .iter()
                 .map(|&variant| plan_of(&go_program("allocs", version, variant)))
                 .collect();
             let default = &plans[0];
-            let split = default.alloc.iter().filter(|s| SPLIT_FUNCTIONS.iter().any(|(n, _)| *n == s.function)).count();
+            let split = default
+                .alloc
+                .iter()
+                .filter(|s| SPLIT_FUNCTIONS.iter().any(|(n, _)| *n == s.function))
+                .count();
             assert_eq!(split, expected_split, "{version}: {:?}", names(default));
             let mallocgc = names(default).contains(&"runtime.mallocgc");
-            assert_eq!(mallocgc, expected_split == 0, "{version}: mallocgc only without split functions");
-            let specialized = default.alloc.iter().filter(|s| specialized_kind(&s.function).is_some()).count();
+            assert_eq!(
+                mallocgc,
+                expected_split == 0,
+                "{version}: mallocgc only without split functions"
+            );
+            let specialized = default
+                .alloc
+                .iter()
+                .filter(|s| specialized_kind(&s.function).is_some())
+                .count();
             // 1.27 turns size-specialized malloc on by default: 7 + 6 + 1 entry points.
-            assert_eq!(specialized, if version == "1.27.3" { 14 } else { 0 }, "{version}");
+            assert_eq!(
+                specialized,
+                if version == "1.27.3" { 14 } else { 0 },
+                "{version}"
+            );
             assert!(default.gc_cycle.is_some(), "{version}: runtime.gcSweep");
             // Stripping keeps every address (found through .gopclntab instead of .symtab).
             assert_eq!(plans[1], *default, "{version}: stripped plan");
             // PIE moves code but finds the same functions.
             assert_eq!(names(&plans[2]), names(default), "{version}: PIE plan");
             for site in &default.alloc {
-                assert_eq!(site.file_offset, site.vaddr - 0x400000, "{version}: {}", site.function);
+                assert_eq!(
+                    site.file_offset,
+                    site.vaddr - 0x400000,
+                    "{version}: {}",
+                    site.function
+                );
             }
         }
     }
@@ -172,25 +199,48 @@ mod tests {
             "ssm",
         );
         let plan = plan_of(&path);
-        let specialized = plan.alloc.iter().filter(|s| specialized_kind(&s.function).is_some()).count();
+        let specialized = plan
+            .alloc
+            .iter()
+            .filter(|s| specialized_kind(&s.function).is_some())
+            .count();
         // SmallScanNoHeaderSC1..26, SmallNoScanSC2..26 and TinySize1..15.
         assert_eq!(specialized, 26 + 25 + 15, "{:?}", names(&plan));
         // mallocgcTiny and mallocgcSmallScanNoHeader become dead code: every size they serve
         // goes through the tables. The other three split functions remain.
-        let mut rest: Vec<&str> = names(&plan).into_iter().filter(|n| specialized_kind(n).is_none()).collect();
+        let mut rest: Vec<&str> = names(&plan)
+            .into_iter()
+            .filter(|n| specialized_kind(n).is_none())
+            .collect();
         rest.sort_unstable();
         assert_eq!(
             rest,
-            ["runtime.mallocgcLarge", "runtime.mallocgcSmallNoscan", "runtime.mallocgcSmallScanHeader"]
+            [
+                "runtime.mallocgcLarge",
+                "runtime.mallocgcSmallNoscan",
+                "runtime.mallocgcSmallScanHeader"
+            ]
         );
     }
 
     #[test]
     fn recognises_specialized_entry_points() {
-        assert_eq!(specialized_kind("runtime.mallocgcSmallScanNoHeaderSC7"), Some(entry::SMALL_SCAN));
-        assert_eq!(specialized_kind("runtime.mallocgcSmallNoScanSC26"), Some(entry::SMALL_NOSCAN));
-        assert_eq!(specialized_kind("runtime.mallocgcTinySC2"), Some(entry::TINY));
-        assert_eq!(specialized_kind("runtime.mallocgcTinySize15"), Some(entry::TINY));
+        assert_eq!(
+            specialized_kind("runtime.mallocgcSmallScanNoHeaderSC7"),
+            Some(entry::SMALL_SCAN)
+        );
+        assert_eq!(
+            specialized_kind("runtime.mallocgcSmallNoScanSC26"),
+            Some(entry::SMALL_NOSCAN)
+        );
+        assert_eq!(
+            specialized_kind("runtime.mallocgcTinySC2"),
+            Some(entry::TINY)
+        );
+        assert_eq!(
+            specialized_kind("runtime.mallocgcTinySize15"),
+            Some(entry::TINY)
+        );
         assert_eq!(specialized_kind("runtime.mallocgcTinySlowPath"), None);
         assert_eq!(specialized_kind("runtime.mallocgcSmallScanSlowPath"), None);
         assert_eq!(specialized_kind("runtime.mallocgcTinySC"), None);

@@ -154,7 +154,13 @@ impl Report {
             analysis,
             start_ts_ns,
         } = input;
-        let per_s = |v: f64| if duration_s > 0.0 { v / duration_s } else { 0.0 };
+        let per_s = |v: f64| {
+            if duration_s > 0.0 {
+                v / duration_s
+            } else {
+                0.0
+            }
+        };
         let bytes = slot_bytes(stats);
         let alloc_sites = analysis
             .sites_by_bytes()
@@ -277,12 +283,16 @@ impl Report {
         let _ = writeln!(out, "{}", loss_line(&self.events));
         let _ = writeln!(out, "{}", wrap(&self.sampling.note, 100));
         let _ = writeln!(out);
-        out.push_str(&site_table(
-            self.alloc_sites
-                .iter()
-                .take(top)
-                .map(|s| (s.function.as_str(), s.file.as_str(), s.line, s.bytes_per_s, s.objects_per_s, Some(&s.size))),
-        ));
+        out.push_str(&site_table(self.alloc_sites.iter().take(top).map(|s| {
+            (
+                s.function.as_str(),
+                s.file.as_str(),
+                s.line,
+                s.bytes_per_s,
+                s.objects_per_s,
+                Some(&s.size),
+            )
+        })));
         if let Some(site) = self.alloc_sites.first() {
             let _ = writeln!(out, "\nheaviest site, stack (innermost first):");
             for frame in &site.stack {
@@ -343,7 +353,16 @@ pub fn location(file: &str, line: u32) -> String {
 
 /// The site table of the report and the live view.
 pub fn site_table<'a>(
-    rows: impl Iterator<Item = (&'a str, &'a str, u32, f64, f64, Option<&'a SizeDistribution>)>,
+    rows: impl Iterator<
+        Item = (
+            &'a str,
+            &'a str,
+            u32,
+            f64,
+            f64,
+            Option<&'a SizeDistribution>,
+        ),
+    >,
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(

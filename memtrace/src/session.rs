@@ -100,7 +100,11 @@ fn target_config(target: &Target, load_bias: Option<u64>, stack_sample_bytes: u6
     let binary = &target.binary;
     let mut config = TargetConfig {
         sample_interval_bytes: stack_sample_bytes.max(1),
-        max_small_size: if layout.malloc_headers { 32768 - 8 } else { 32768 },
+        max_small_size: if layout.malloc_headers {
+            32768 - 8
+        } else {
+            32768
+        },
         g_goid: layout.g_goid,
         g_m: layout.g_m,
         m_p: layout.m_p,
@@ -109,7 +113,13 @@ fn target_config(target: &Target, load_bias: Option<u64>, stack_sample_bytes: u6
         flags: flags::TINY_STATE,
         ..TargetConfig::default()
     };
-    if layout.malloc_headers && !binary.build_info().experiments.iter().any(|e| e == "noallocheaders") {
+    if layout.malloc_headers
+        && !binary
+            .build_info()
+            .experiments
+            .iter()
+            .any(|e| e == "noallocheaders")
+    {
         config.flags |= flags::MALLOC_HEADERS;
     }
     if let (Some(bias), Some(work), Some(controller)) = (
@@ -159,8 +169,14 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
         target.exe.display(),
         target.binary.build_info().go_version,
         plan.alloc.len(),
-        plan.alloc.iter().map(|s| s.function.as_str()).collect::<Vec<_>>().join(", "),
-        plan.gc_cycle.as_ref().map_or("none", |s| s.function.as_str()),
+        plan.alloc
+            .iter()
+            .map(|s| s.function.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        plan.gc_cycle
+            .as_ref()
+            .map_or("none", |s| s.function.as_str()),
     );
     let mut tracer = Tracer::load(options.ring_bytes)?;
     // A launched PIE binary is not mapped yet, so its load bias is not known before exec.
@@ -256,7 +272,9 @@ async fn event_loop(
         .map_err(|e| Error::io("watching the target", e.into()))?;
     let mut logger = match tracer.take_logger() {
         // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd owns it.
-        Some(logger) => unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }.ok(),
+        Some(logger) => {
+            unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }.ok()
+        }
         None => None,
     };
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT", e))?;
@@ -434,7 +452,14 @@ impl LiveView {
             })
             .collect();
         text.push_str(&site_table(sites.iter().map(|(key, b, o, size)| {
-            (key.function.as_str(), key.file.as_str(), key.line, *b, *o, Some(size))
+            (
+                key.function.as_str(),
+                key.file.as_str(),
+                key.line,
+                *b,
+                *o,
+                Some(size),
+            )
         })));
 
         // The panel: the header lines plus `top` sites, at most half the terminal.
@@ -447,7 +472,10 @@ impl LiveView {
                 // rows above the panel.
                 self.reset_region(&mut out);
                 out.push_str(&"\n".repeat(height as usize));
-                out.push_str(&format!("\x1b[{height}A\x1b7\x1b[1;{}r\x1b8", rows - height));
+                out.push_str(&format!(
+                    "\x1b[{height}A\x1b7\x1b[1;{}r\x1b8",
+                    rows - height
+                ));
                 self.panel = Some((rows, height));
             }
         }
@@ -467,7 +495,10 @@ impl LiveView {
     fn reset_region(&mut self, out: &mut String) {
         if let Some((rows, height)) = self.panel.take() {
             // Full-screen scrolling again, and the panel erased.
-            out.push_str(&format!("\x1b7\x1b[r\x1b[{};1H\x1b[J\x1b8", rows - height + 1));
+            out.push_str(&format!(
+                "\x1b7\x1b[r\x1b[{};1H\x1b[J\x1b8",
+                rows - height + 1
+            ));
         }
     }
 

@@ -86,10 +86,7 @@ impl Symbolizer {
             return None;
         };
         let location = |info: Option<&symbolize::CodeInfo<'_>>| match info {
-            Some(info) => (
-                info.to_path().display().to_string(),
-                info.line.unwrap_or(0),
-            ),
+            Some(info) => (info.to_path().display().to_string(), info.line.unwrap_or(0)),
             None => (String::new(), 0),
         };
         // blazesym lists inlined functions outermost first; each one's code info is where it
@@ -142,7 +139,11 @@ impl Symbolizer {
         let mut frames = Vec::with_capacity(stack.len() + 4);
         for (depth, &addr) in stack.iter().enumerate() {
             let vaddr = addr.wrapping_sub(load_bias);
-            let vaddr = if depth == 0 { vaddr } else { vaddr.wrapping_sub(1) };
+            let vaddr = if depth == 0 {
+                vaddr
+            } else {
+                vaddr.wrapping_sub(1)
+            };
             frames.extend(self.frames(vaddr).iter().cloned());
         }
         frames

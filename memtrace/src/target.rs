@@ -61,7 +61,12 @@ impl Target {
     pub fn from_launch(pid: u32, executable: &Path) -> Result<Target> {
         let exe_file = File::open(executable)
             .map_err(|e| Error::io(format!("opening {}", executable.display()), e))?;
-        Target::new(pid, executable.to_path_buf(), executable.to_path_buf(), exe_file)
+        Target::new(
+            pid,
+            executable.to_path_buf(),
+            executable.to_path_buf(),
+            exe_file,
+        )
     }
 
     fn new(pid: u32, exe: PathBuf, attach_path: PathBuf, exe_file: File) -> Result<Target> {

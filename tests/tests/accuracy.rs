@@ -26,7 +26,12 @@ fn check_version(version: &str) {
             &[("GODEBUG", "gctrace=1")],
         );
         let what = format!("allocs {version} {}", variant.name());
-        assert_eq!(traced.code(), Some(0), "{what}: stderr:\n{}", traced.stderr());
+        assert_eq!(
+            traced.code(),
+            Some(0),
+            "{what}: stderr:\n{}",
+            traced.stderr()
+        );
         let stdout = traced.stdout();
         let report = traced.report();
 
@@ -40,7 +45,10 @@ fn check_version(version: &str) {
             100.0 * (objects as f64 / mallocs as f64 - 1.0),
             100.0 * (bytes as f64 / total_alloc as f64 - 1.0),
         );
-        assert!(mallocs > 1_000_000, "{what}: the program allocated too little");
+        assert!(
+            mallocs > 1_000_000,
+            "{what}: the program allocated too little"
+        );
         assert!(
             relative_error(objects, mallocs) < 0.01,
             "{what}: {objects} objects counted, runtime says {mallocs}"
@@ -64,7 +72,10 @@ fn check_version(version: &str) {
         assert!(gctrace_cycles > 0, "{what}: gctrace printed nothing");
         assert_eq!(cycles, gctrace_cycles, "{what}: GC cycles vs gctrace lines");
 
-        for (events, name) in [("/events/dropped", "dropped"), ("/events/stack_failures", "stack failures")] {
+        for (events, name) in [
+            ("/events/dropped", "dropped"),
+            ("/events/stack_failures", "stack failures"),
+        ] {
             assert_eq!(u64_at(report, events), 0, "{what}: {name}");
         }
 

@@ -27,7 +27,9 @@ fn start_idle(version: &str, variant: Variant) -> Running {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let pid = line.trim().strip_prefix("READY ").unwrap().parse().unwrap();
     Running(child, pid)
 }
@@ -38,7 +40,11 @@ fn attaches_to_a_running_process_and_detaches_cleanly() {
         return;
     }
     let _serial = serialize();
-    for (version, variant) in [("1.21.13", Variant::Default), ("1.27.3", Variant::Stripped), ("1.24.11", Variant::Pie)] {
+    for (version, variant) in [
+        ("1.21.13", Variant::Default),
+        ("1.27.3", Variant::Stripped),
+        ("1.24.11", Variant::Pie),
+    ] {
         let mut idle = start_idle(version, variant);
         let json = temp_json("attach");
         let output = Command::new(memtrace_bin())
@@ -48,13 +54,25 @@ fn attaches_to_a_running_process_and_detaches_cleanly() {
             .output()
             .unwrap();
         let what = format!("idle {version} {}", variant.name());
-        assert_eq!(output.status.code(), Some(0), "{what}: {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{what}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         // The text report goes to stdout in --pid mode.
-        assert!(String::from_utf8_lossy(&output.stdout).contains("main.tick"), "{what}");
-        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("main.tick"),
+            "{what}"
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         let _ = std::fs::remove_file(&json);
         assert_eq!(report["target"]["pid"], idle.1);
-        assert!(report["target"]["go_version"].as_str().unwrap().starts_with(&format!("go{version}")));
+        assert!(report["target"]["go_version"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("go{version}")));
         // idle allocates 1000 objects every 10 ms: ~200,000 in 2 s.
         let objects = u64_at(&report, "/allocations/objects");
         assert!(objects > 50_000, "{what}: only {objects} objects");

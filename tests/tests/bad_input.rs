@@ -37,7 +37,10 @@ fn error_of(output: &Output) -> (Option<i32>, String) {
 fn unused_pid() -> u32 {
     let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .map_or(32768, |s| s.trim().parse().unwrap_or(32768));
-    (300..max).rev().find(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()).unwrap()
+    (300..max)
+        .rev()
+        .find(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .unwrap()
 }
 
 #[test]
@@ -88,7 +91,10 @@ fn unsupported_go_version() {
     let _ = std::fs::remove_file(&old);
     let (code, line) = error_of(&output);
     assert_eq!(code, Some(UNSUPPORTED_GO), "{line}");
-    assert!(line.contains("go1.19.13") && line.contains("1.21"), "{line}");
+    assert!(
+        line.contains("go1.19.13") && line.contains("1.21"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -21,27 +21,50 @@ fn exit_code_environment_and_stdio_pass_through() {
     let _serial = serialize();
     let program = go_program("allocs", GO, Variant::Default);
 
-    let traced = trace_launch(&[], &program, &["-exit", "7", "2000"], &[("MEMTRACE_TEST_ENV", "kept")]);
+    let traced = trace_launch(
+        &[],
+        &program,
+        &["-exit", "7", "2000"],
+        &[("MEMTRACE_TEST_ENV", "kept")],
+    );
     assert_eq!(traced.code(), Some(7), "stderr:\n{}", traced.stderr());
     let stdout = traced.stdout();
     assert!(stdout.starts_with("ENV kept\n"), "stdout:\n{stdout}");
     // The report goes to stderr in launch mode, never into the target's stdout.
     assert!(!stdout.contains("memtrace"), "stdout:\n{stdout}");
-    assert!(traced.stderr().contains("allocations:"), "stderr:\n{}", traced.stderr());
+    assert!(
+        traced.stderr().contains("allocations:"),
+        "stderr:\n{}",
+        traced.stderr()
+    );
     assert_eq!(traced.report()["target"]["exit"], "exit code 7");
 
     let mut child = Command::new(memtrace_bin())
-        .args(["--no-live", "--", program.to_str().unwrap(), "-echo-stdin", "1000"])
+        .args([
+            "--no-live",
+            "--",
+            program.to_str().unwrap(),
+            "-echo-stdin",
+            "1000",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"line one\nline two\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"line one\nline two\n")
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.starts_with("line one\nline two\nMALLOCS "), "stdout:\n{stdout}");
+    assert!(
+        stdout.starts_with("line one\nline two\nMALLOCS "),
+        "stdout:\n{stdout}"
+    );
 }
 
 #[test]
@@ -64,7 +87,12 @@ fn killed_target_gives_128_plus_signal() {
     // SAFETY: sending SIGKILL to the test's own grandchild.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(128 + 9), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(128 + 9),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
@@ -78,8 +106,17 @@ fn stress_program_runs_unharmed() {
         let untraced = Command::new(&program).output().unwrap();
         assert_eq!(untraced.status.code(), Some(0));
         let traced = trace_launch(&["--all-allocs"], &program, &[], &[]);
-        assert_eq!(traced.code(), Some(0), "{version}: stderr:\n{}", traced.stderr());
-        assert_eq!(traced.stdout(), String::from_utf8_lossy(&untraced.stdout), "{version}");
+        assert_eq!(
+            traced.code(),
+            Some(0),
+            "{version}: stderr:\n{}",
+            traced.stderr()
+        );
+        assert_eq!(
+            traced.stdout(),
+            String::from_utf8_lossy(&untraced.stdout),
+            "{version}"
+        );
         assert!(u64_at(traced.report(), "/allocations/objects") > 100_000);
         assert_eq!(u64_at(traced.report(), "/events/dropped"), 0);
     }

@@ -12,7 +12,7 @@ use crate::{
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// How long memtrace traces the demo.
+    /// How long the demo runs and memtrace traces it (e.g. 30s, 5m).
     #[arg(long, default_value = "30s")]
     duration: String,
     /// The Go version to build the demo with.
@@ -36,7 +36,10 @@ pub fn run(options: &Options) -> Result<ExitCode> {
         .arg(&options.duration)
         .args(&options.memtrace_args)
         .arg("--")
-        .arg(&demo);
+        .arg(&demo)
+        // memtrace waits for its command after tracing stops: end the demo at the same time.
+        .arg("-duration")
+        .arg(&options.duration);
     println!("xtask: {}", command::describe(&trace));
     Ok(exit_code_of(command::status(&mut trace)?))
 }

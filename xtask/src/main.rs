@@ -41,7 +41,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::run(),
-        Task::Build => build::run().map(|_| ExitCode::SUCCESS),
+        Task::Build => build::run().map(|(_, memtrace)| {
+            println!("xtask: built {}", memtrace.display());
+            ExitCode::SUCCESS
+        }),
         Task::Test(options) => test::run(&options),
         Task::Demo(options) => demo::run(&options),
         Task::Bench(options) => bench::run(&options),

@@ -52,7 +52,14 @@ pub fn layout_for(version: GoVersion) -> Option<RuntimeLayout> {
 /// Newest Go minor version in the layout table.
 pub fn newest_supported_minor() -> u32 {
     (OLDEST_SUPPORTED_MINOR..100)
-        .take_while(|&minor| layout_for(GoVersion { major: 1, minor, patch: 0 }).is_some())
+        .take_while(|&minor| {
+            layout_for(GoVersion {
+                major: 1,
+                minor,
+                patch: 0,
+            })
+            .is_some()
+        })
         .last()
         .unwrap_or(OLDEST_SUPPORTED_MINOR)
 }
@@ -61,9 +68,9 @@ pub fn newest_supported_minor() -> u32 {
 pub const CLASS_TO_SIZE: [u32; memtrace_common::NUM_SIZE_CLASSES] = [
     0, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 288, 320,
     352, 384, 416, 448, 480, 512, 576, 640, 704, 768, 896, 1024, 1152, 1280, 1408, 1536, 1792,
-    2048, 2304, 2688, 3072, 3200, 3456, 4096, 4864, 5376, 6144, 6528, 6784, 6912, 8192, 9472,
-    9728, 10240, 10880, 12288, 13568, 14336, 16384, 18432, 19072, 20480, 21760, 24576, 27264,
-    28672, 32768,
+    2048, 2304, 2688, 3072, 3200, 3456, 4096, 4864, 5376, 6144, 6528, 6784, 6912, 8192, 9472, 9728,
+    10240, 10880, 12288, 13568, 14336, 16384, 18432, 19072, 20480, 21760, 24576, 27264, 28672,
+    32768,
 ];
 
 /// The runtime's `size_to_class8` (sizes 0..=1024 by 8) then `size_to_class128`
@@ -82,7 +89,11 @@ pub fn size_to_class_table() -> Vec<u8> {
 
 /// Slot bytes of a size class.
 pub fn class_size(class: u32) -> u64 {
-    CLASS_TO_SIZE.get(class as usize).copied().unwrap_or(0).into()
+    CLASS_TO_SIZE
+        .get(class as usize)
+        .copied()
+        .unwrap_or(0)
+        .into()
 }
 
 #[cfg(test)]
@@ -92,10 +103,20 @@ mod tests {
     #[test]
     fn layout_table_covers_supported_versions() {
         for minor in 21..=27 {
-            let layout = layout_for(GoVersion { major: 1, minor, patch: 0 }).unwrap();
+            let layout = layout_for(GoVersion {
+                major: 1,
+                minor,
+                patch: 0,
+            })
+            .unwrap();
             assert_eq!(layout.minor, minor);
         }
-        assert!(layout_for(GoVersion { major: 1, minor: 20, patch: 0 }).is_none());
+        assert!(layout_for(GoVersion {
+            major: 1,
+            minor: 20,
+            patch: 0
+        })
+        .is_none());
         assert_eq!(newest_supported_minor(), 27);
     }
 
@@ -109,10 +130,17 @@ mod tests {
         assert_eq!(table[130], 33); // 1025..=1152 -> 1152 B
         assert_eq!(table[129 + 248], 67); // 32768 B
         for size in 1..=32768u32 {
-            let index = if size <= 1024 { size.div_ceil(8) } else { 129 + (size - 1024).div_ceil(128) };
+            let index = if size <= 1024 {
+                size.div_ceil(8)
+            } else {
+                129 + (size - 1024).div_ceil(128)
+            };
             let class = table[index as usize] as usize;
             assert!(CLASS_TO_SIZE[class] >= size, "size {size} class {class}");
-            assert!(CLASS_TO_SIZE[class - 1] < size, "size {size} not the smallest class");
+            assert!(
+                CLASS_TO_SIZE[class - 1] < size,
+                "size {size} not the smallest class"
+            );
         }
     }
 }

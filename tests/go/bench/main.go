@@ -12,12 +12,13 @@
 //	                    to the last one finishing (so process start and tracer attach are
 //	                    excluded)
 //
-// It exits 0.
+// It exits 0, or 1 if the runtime counted fewer heap allocations than ALLOCS.
 package main
 
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -81,5 +82,12 @@ func main() {
 	wg.Wait()
 	elapsed := time.Since(start)
 
+	// Guard against the compiler keeping the nodes on the stack.
+	var stats runtime.MemStats
+	runtime.ReadMemStats(&stats)
+	if stats.Mallocs < uint64(perGoroutine*goroutines) {
+		fmt.Fprintf(os.Stderr, "bench: only %d heap allocations, expected at least %d\n", stats.Mallocs, perGoroutine*goroutines)
+		os.Exit(1)
+	}
 	fmt.Printf("ALLOCS %d\nELAPSED_NS %d\n", perGoroutine*goroutines, elapsed.Nanoseconds())
 }

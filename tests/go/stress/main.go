@@ -13,7 +13,7 @@
 //	ALLOCS <n>        allocations made at the frame site (one per recursion level)
 //	CHECKSUM <hex>    combines every task's result in task order
 //
-// It exits 0.
+// It exits 0, or 1 if the runtime counted fewer heap allocations than ALLOCS.
 package main
 
 import (
@@ -22,6 +22,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 )
 
 const (
@@ -31,8 +32,8 @@ const (
 	gcEveryTasks  = 100
 )
 
-// frameNode is allocated at every recursion level and linked to its caller's node, so the
-// whole chain stays reachable until the deepest level walks it.
+// frameNode is allocated at every recursion level and linked to its caller's node. The deepest
+// level publishes the chain in lastChain, so every node escapes to the heap.
 type frameNode struct {
 	value  uint64
 	parent *frameNode
@@ -49,6 +50,7 @@ func descend(depth int, seed uint64, parent *frameNode) uint64 {
 	}
 	node := &frameNode{value: pad[depth%16], parent: parent} // SITE:frame
 	if depth == 0 {
+		lastChain.Store(node)
 		var sum uint64
 		for n := node; n != nil; n = n.parent {
 			sum = sum*1099511628211 + n.value
@@ -57,6 +59,9 @@ func descend(depth int, seed uint64, parent *frameNode) uint64 {
 	}
 	return descend(depth-1, seed*6364136223846793005+1442695040888963407, node) ^ pad[(depth*7)%16]
 }
+
+// lastChain is the most recently completed chain of frame nodes.
+var lastChain atomic.Pointer[frameNode]
 
 func taskDepth(task int) int {
 	x := uint64(task)*0x9e3779b97f4a7c15 + 0x632be59bd9b4e019
@@ -102,6 +107,13 @@ func main() {
 	var checksum uint64 = 14695981039346656037
 	for _, result := range results {
 		checksum = (checksum ^ result) * 1099511628211
+	}
+	// Guard against the compiler keeping the frame nodes on the stack.
+	var stats runtime.MemStats
+	runtime.ReadMemStats(&stats)
+	if stats.Mallocs < allocs {
+		fmt.Fprintf(os.Stderr, "stress: only %d heap allocations, expected at least %d\n", stats.Mallocs, allocs)
+		os.Exit(1)
 	}
 	fmt.Printf("TASKS %d\nALLOCS %d\nCHECKSUM %016x\n", tasks, allocs, checksum)
 }

@@ -4,12 +4,14 @@
 //
 // Usage: symtest [count]   (default 1000 allocations)
 //
-// It prints "SYMTEST <count> <checksum>" and exits 0.
+// It prints "SYMTEST <count> <checksum>" and exits 0 (or 1 if the runtime counted fewer heap
+// allocations than count).
 package main
 
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 )
 
@@ -55,6 +57,13 @@ func main() {
 	for i := 0; i < count; i++ {
 		level1(i)
 		checksum += lastPoint.x + lastPoint.y + lastPoint.z
+	}
+	// Guard against the compiler keeping the points on the stack.
+	var stats runtime.MemStats
+	runtime.ReadMemStats(&stats)
+	if stats.Mallocs < uint64(count) {
+		fmt.Fprintf(os.Stderr, "symtest: only %d heap allocations, expected at least %d\n", stats.Mallocs, count)
+		os.Exit(1)
 	}
 	fmt.Printf("SYMTEST %d %d\n", count, checksum)
 }

@@ -16,7 +16,9 @@ use serde_json::Value;
 static BPF_LOCK: Mutex<()> = Mutex::new(());
 
 pub fn serialize() -> MutexGuard<'static, ()> {
-    BPF_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    BPF_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub struct Traced {
@@ -81,7 +83,13 @@ pub fn trace_launch(
 pub fn program_value(stdout: &str, key: &str) -> u64 {
     stdout
         .lines()
-        .find_map(|line| line.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|line| {
+            line.strip_prefix(key)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no `{key} <n>` line in:\n{stdout}"))
 }
 
