@@ -11,11 +11,11 @@ use crate::maps::{count_global, STATS, TARGETS};
 pub fn current() -> Option<(u32, &'static TargetConfig, &'static mut TargetStats)> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: TARGETS entries are only replaced while no probe of that process is attached.
-    let Some(config) = (unsafe { TARGETS.get(&tgid) }) else {
+    let Some(config) = (unsafe { TARGETS.get(tgid) }) else {
         count_global(global_counter::UNKNOWN_TARGET);
         return None;
     };
-    let Some(stats) = STATS.get_ptr_mut(&tgid) else {
+    let Some(stats) = STATS.get_ptr_mut(tgid) else {
         count_global(global_counter::STATS_MAP_FULL);
         return None;
     };

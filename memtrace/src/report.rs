@@ -367,8 +367,8 @@ pub fn site_table<'a>(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>10} {:>10} {:>8} {:>8}  {}",
-        "bytes/s", "objects/s", "size p50", "p99", "site"
+        "{:>10} {:>10} {:>8} {:>8}  site",
+        "bytes/s", "objects/s", "size p50", "p99"
     );
     for (function, file, line, bytes_per_s, objects_per_s, size) in rows {
         let (p50, p99) = size.map_or((String::new(), String::new()), |s| {
