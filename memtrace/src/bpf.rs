@@ -207,12 +207,25 @@ impl Tracer {
     }
 
     /// Removes every probe. Also happens on drop.
+    ///
+    /// Closing a uprobe waits for an RCU grace period (about 80-100 ms each on this VM). The
+    /// links are closed in parallel; the kernel still serializes most of that work (measured:
+    /// 18 probes take 1.6 s instead of 1.9 s).
     pub fn detach_all(&mut self) {
-        for (program, link) in self.links.drain(..) {
+        let mut links = Vec::with_capacity(self.links.len());
+        for (program, link_id) in self.links.drain(..) {
             if let Some(Ok(uprobe)) = self.ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
-                let _ = uprobe.detach(link);
+                match uprobe.take_link(link_id) {
+                    Ok(link) => links.push(link),
+                    Err(error) => log::warn!("cannot detach a probe of {program}: {error}"),
+                }
             }
         }
+        std::thread::scope(|scope| {
+            for link in links {
+                scope.spawn(move || drop(link));
+            }
+        });
     }
 
     /// A target's statistics, summed over CPUs.
