@@ -9,7 +9,7 @@ use std::{
 };
 
 use common::{serialize, trace_launch, u64_at};
-use memtrace_tests::fixtures::{go_program, memtrace_bin, require_bpf, Variant};
+use memtrace_tests::fixtures::{go_program, memtrace_bin, require_bpf, Variant, GO_VERSIONS};
 
 const GO: &str = "1.26.6";
 
@@ -101,7 +101,7 @@ fn stress_program_runs_unharmed() {
         return;
     }
     let _serial = serialize();
-    for version in ["1.21.13", "1.26.6", "1.27.3"] {
+    for version in GO_VERSIONS {
         let program = go_program("stress", version, Variant::Default);
         let untraced = Command::new(&program).output().unwrap();
         assert_eq!(untraced.status.code(), Some(0));
