@@ -127,6 +127,18 @@ pub struct SizeDistribution {
     pub max: u64,
 }
 
+impl SizeDistribution {
+    pub fn of(sizes: &hdrhistogram::Histogram<u64>) -> SizeDistribution {
+        SizeDistribution {
+            min: sizes.min(),
+            p50: sizes.value_at_quantile(0.5),
+            p90: sizes.value_at_quantile(0.9),
+            p99: sizes.value_at_quantile(0.99),
+            max: sizes.max(),
+        }
+    }
+}
+
 /// Slot bytes from the per-class counters.
 pub fn slot_bytes(stats: &TargetStats) -> u64 {
     let small: u64 = (0..NUM_SIZE_CLASSES)
@@ -175,13 +187,7 @@ impl Report {
                 objects_per_s: per_s(site.objects),
                 bytes_per_s: per_s(site.bytes),
                 samples: site.samples,
-                size: SizeDistribution {
-                    min: site.sizes.min(),
-                    p50: site.sizes.value_at_quantile(0.5),
-                    p90: site.sizes.value_at_quantile(0.9),
-                    p99: site.sizes.value_at_quantile(0.99),
-                    max: site.sizes.max(),
-                },
+                size: SizeDistribution::of(&site.sizes),
                 stack: site.stack.to_vec(),
             })
             .collect();

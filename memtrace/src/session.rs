@@ -441,13 +441,7 @@ impl LiveView {
             .take(options.top)
             .filter_map(|(key, objects, bytes)| {
                 let site = analysis.site(key)?;
-                let size = crate::report::SizeDistribution {
-                    min: site.sizes.min(),
-                    p50: site.sizes.value_at_quantile(0.5),
-                    p90: site.sizes.value_at_quantile(0.9),
-                    p99: site.sizes.value_at_quantile(0.99),
-                    max: site.sizes.max(),
-                };
+                let size = crate::report::SizeDistribution::of(&site.sizes);
                 Some((key.clone(), bytes / elapsed, objects / elapsed, size))
             })
             .collect();
