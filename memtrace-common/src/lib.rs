@@ -30,6 +30,14 @@ pub mod tag {
     pub const ALLOC_SAMPLE: u32 = 1;
     /// A [`GcCycle`](super::GcCycle).
     pub const GC_CYCLE: u32 = 2;
+    /// An [`AllocSample`](super::AllocSample) of an object the Go runtime's heap profiler
+    /// sampled (`runtime.profilealloc`): its address is known, so its death can be matched.
+    pub const OBJECT_ALLOC: u32 = 3;
+    /// An [`ObjectFree`](super::ObjectFree).
+    pub const OBJECT_FREE: u32 = 4;
+    /// A bare [`RecordHeader`](super::RecordHeader): `runtime.main` started, so the runtime
+    /// has finished `schedinit` (launch mode writes `MemProfileRate` after this).
+    pub const RUNTIME_READY: u32 = 5;
 }
 
 /// Which allocation entry point a probe sits on. It decides how the probe turns the requested
@@ -55,6 +63,8 @@ pub mod class {
     pub const TINY_COMBINED: u32 = 0xfffe;
     /// A large object (`slot_size` holds whole pages).
     pub const LARGE: u32 = 0xffff;
+    /// Sampled by the runtime's heap profiler (`slot_size` is the runtime's slot size).
+    pub const PROFILED: u32 = 0xfffd;
 }
 
 /// Per-target flags in [`TargetConfig::flags`].
@@ -93,6 +103,8 @@ pub struct AllocSample {
     pub slot_size: u64,
     /// The goroutine (`g` pointer, R14) that allocated.
     pub g: u64,
+    /// Address of the object ([`tag::OBJECT_ALLOC`] only; 0 otherwise).
+    pub ptr: u64,
     /// Its goroutine id, or 0 when it could not be read.
     pub goid: u64,
     /// Size class index, or one of the [`class`] constants.
@@ -102,7 +114,19 @@ pub struct AllocSample {
     /// Return addresses, innermost first; `stack[0]` is the probed instruction.
     pub stack: [u64; MAX_STACK_DEPTH],
 }
-const _: () = assert!(core::mem::size_of::<AllocSample>() == 16 + 8 * 4 + 8 + 8 * MAX_STACK_DEPTH);
+const _: () = assert!(core::mem::size_of::<AllocSample>() == 16 + 8 * 5 + 8 + 8 * MAX_STACK_DEPTH);
+
+/// A sampled object the sweeper found dead (`runtime.freeSpecial` of its profile special).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectFree {
+    pub header: RecordHeader,
+    /// The address `profilealloc` reported for the object.
+    pub ptr: u64,
+    /// Its slot size.
+    pub size: u64,
+}
+const _: () = assert!(core::mem::size_of::<ObjectFree>() == 32);
 
 /// Sent once per completed GC cycle.
 #[repr(C)]
@@ -150,8 +174,11 @@ pub struct TargetConfig {
     pub mcache_tiny: u32,
     /// [`flags`] bits.
     pub flags: u32,
+    /// `special.kind` (u8) offset, and the kind value of heap-profile specials.
+    pub special_kind: u32,
+    pub profile_special_kind: u32,
 }
-const _: () = assert!(core::mem::size_of::<TargetConfig>() == 8 * 5 + 4 * 6);
+const _: () = assert!(core::mem::size_of::<TargetConfig>() == 8 * 5 + 4 * 8);
 
 /// Exact allocation totals and loss counters of one target on one CPU (a `PerCpuHashMap`
 /// value keyed by tgid). Userspace sums the CPUs.
@@ -184,8 +211,11 @@ pub struct TargetStats {
     pub read_failures: u64,
     /// Countdown to the next stack sample, in requested bytes.
     pub sample_countdown: i64,
+    /// Objects the runtime's heap profiler sampled, and how many of those the sweeper freed.
+    pub objects_sampled: u64,
+    pub objects_freed: u64,
 }
-const _: () = assert!(core::mem::size_of::<TargetStats>() == 8 * (6 + NUM_SIZE_CLASSES + 7));
+const _: () = assert!(core::mem::size_of::<TargetStats>() == 8 * (6 + NUM_SIZE_CLASSES + 9));
 
 impl TargetStats {
     pub const ZERO: Self = Self {
@@ -203,6 +233,8 @@ impl TargetStats {
         stack_truncated: 0,
         read_failures: 0,
         sample_countdown: 0,
+        objects_sampled: 0,
+        objects_freed: 0,
     };
 }
 

@@ -5,8 +5,7 @@
 //! which entry point the probe sits on (`memtrace_common::entry`).
 
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
-    helpers::{bpf_get_attach_cookie, bpf_get_prandom_u32, bpf_get_stack, bpf_ktime_get_ns},
+    helpers::{bpf_get_attach_cookie, bpf_get_prandom_u32},
     macros::uprobe,
     programs::ProbeContext,
     EbpfContext,
@@ -14,11 +13,12 @@ use aya_ebpf::{
 
 use memtrace_common::{
     class, entry, flags, tag, AllocSample, TargetConfig, TargetStats, EXP_TABLE_ENTRIES,
-    EXP_TABLE_SHIFT, MAX_STACK_DEPTH, NUM_SIZE_CLASSES,
+    EXP_TABLE_SHIFT, NUM_SIZE_CLASSES,
 };
 
 use crate::{
     maps::{EVENTS, EXP_TABLE, SIZE_TO_CLASS},
+    stack::fill_header_and_stack,
     target::{current, read},
 };
 
@@ -203,31 +203,13 @@ fn send_sample(
     // SAFETY: `sample` points at a reserved, exclusively owned ring-buffer entry of the right
     // size; every field is written before it is submitted.
     unsafe {
-        (*sample).header.tag = tag::ALLOC_SAMPLE;
-        (*sample).header.tgid = tgid;
-        (*sample).header.ts_ns = bpf_ktime_get_ns();
         (*sample).size = size;
         (*sample).slot_size = slot_size;
         (*sample).g = g;
+        (*sample).ptr = 0;
         (*sample).goid = goid;
         (*sample).class = size_class;
-        let stack_bytes = bpf_get_stack(
-            ctx.as_ptr(),
-            (*sample).stack.as_mut_ptr().cast(),
-            (MAX_STACK_DEPTH * 8) as u32,
-            BPF_F_USER_STACK as u64,
-        );
-        if stack_bytes < 0 {
-            stats.stack_failures += 1;
-            (*sample).stack_len = 0;
-        } else {
-            let frames = (stack_bytes / 8) as u32;
-            if frames as usize >= MAX_STACK_DEPTH {
-                stats.stack_truncated += 1;
-            }
-            (*sample).stack_len = frames;
-        }
+        fill_header_and_stack(ctx, sample, tag::ALLOC_SAMPLE, tgid, stats);
     }
-    stats.samples += 1;
     record.submit(0);
 }

@@ -12,6 +12,10 @@ mod alloc;
 mod floor;
 mod gc_cycle;
 mod maps;
+mod object_alloc;
+mod object_free;
+mod runtime_ready;
+mod stack;
 mod target;
 
 #[cfg(not(test))]

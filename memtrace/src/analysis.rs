@@ -1,12 +1,12 @@
-//! Turning events into per-site statistics. Live sessions and recorded traces feed the same
-//! `Analysis`.
+//! Turning events into per-site statistics, object lifetimes and leak suspects. Live sessions
+//! and recorded traces feed the same `Analysis`.
 
 use std::{collections::HashMap, sync::Arc};
 
 use hdrhistogram::Histogram;
 
 use crate::{
-    events::{AllocEvent, Event, GcEvent},
+    events::{AllocEvent, Event, FreeEvent, GcEvent},
     symbolize::{Frame, Symbolizer},
 };
 
@@ -18,11 +18,15 @@ pub struct SiteKey {
     pub line: u32,
 }
 
+/// Most GC-cycle snapshots of live bytes kept per site (older ones are dropped).
+const MAX_SNAPSHOTS: usize = 512;
+
 /// What the samples say about one allocation site.
 pub struct Site {
     pub key: SiteKey,
     pub samples: u64,
-    /// Unbiased estimates (each sample weighted by the inverse of its sampling probability).
+    /// Unbiased estimates of everything allocated (each sample weighted by the inverse of its
+    /// sampling probability).
     pub objects: f64,
     pub bytes: f64,
     pub requested_bytes: f64,
@@ -36,25 +40,120 @@ pub struct Site {
     stack_id: usize,
     /// Estimated objects per stack id.
     stack_weights: HashMap<usize, f64>,
+    /// Sampled objects still alive, and the estimates they stand for.
+    pub live_samples: u64,
+    pub live_objects: f64,
+    pub live_bytes: f64,
+    /// Lifetimes (ms) of the sampled objects that died.
+    pub lifetimes_ms: Histogram<u64>,
+    /// Most GC cycles a dead sampled object of this site had survived.
+    pub max_cycles_survived_dead: u64,
+    /// (seconds since the first event, estimated live bytes) at each GC cycle.
+    pub snapshots: Vec<(f64, f64)>,
 }
+
+/// A sampled object that has not died yet. Kept small: memtrace may track millions.
+#[derive(Clone, Copy, Debug)]
+struct LiveObject {
+    site: u32,
+    /// The GC epoch it was allocated in (see `Analysis::cycle`).
+    cycle: u32,
+    /// Slot size, saturated at 4 GiB.
+    size: u32,
+    /// Milliseconds since the first event.
+    at_ms: u32,
+}
+const _: () = assert!(size_of::<LiveObject>() == 16);
 
 /// A symbolized stack and the site it belongs to.
 struct StackInfo {
     id: usize,
-    site: SiteKey,
+    site: u32,
     frames: Arc<[Frame]>,
+}
+
+/// Live-object facts of one site, gathered over the live set.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LiveSummary {
+    /// Age of the oldest live sampled object, in seconds.
+    pub oldest_age_s: f64,
+    /// Most GC cycles a live sampled object has survived.
+    pub max_cycles_survived: u64,
+}
+
+/// Why a site is a leak suspect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeakVerdict {
+    pub site: u32,
+    /// Least-squares slope of the site's live bytes over the GC-cycle snapshots.
+    pub growth_bytes_per_s: f64,
+    /// How well a straight line explains the growth (1 = perfectly steady).
+    pub steadiness: f64,
+    pub live: LiveSummary,
+    pub score: f64,
+}
+
+/// The leak rule's thresholds (documented in the README).
+pub mod leak_rule {
+    /// GC-cycle snapshots needed before a site can be judged.
+    pub const MIN_SNAPSHOTS: usize = 4;
+    /// R² of the linear fit of live bytes over time.
+    pub const MIN_STEADINESS: f64 = 0.6;
+    /// The later half of the window must still grow at this fraction of the overall rate
+    /// (a cache that filled up and a table built once stop growing).
+    pub const MIN_RECENT_GROWTH: f64 = 0.5;
+    /// Live objects must have survived at least this many GC cycles. Churn reaches 2: an
+    /// object allocated while cycle N marks is still counted live until sweep N+1 frees it.
+    pub const MIN_CYCLES_SURVIVED: u64 = 3;
+    /// Growth over the window must exceed this many sampling intervals worth of bytes, so
+    /// that a couple of unlucky samples are not a leak.
+    pub const MIN_GROWTH_INTERVALS: f64 = 4.0;
+}
+
+/// How allocations reach the analysis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sampling {
+    /// Stack samples taken by memtrace's own sampler in `--all-allocs` mode.
+    AllAllocs { interval_bytes: u64 },
+    /// The Go runtime's heap profiler at `MemProfileRate` bytes.
+    HeapProfiler { rate_bytes: u64 },
+}
+
+impl Sampling {
+    pub fn interval_bytes(self) -> u64 {
+        match self {
+            Sampling::AllAllocs { interval_bytes } => interval_bytes,
+            Sampling::HeapProfiler { rate_bytes } => rate_bytes,
+        }
+    }
 }
 
 pub struct Analysis {
     symbolizer: Symbolizer,
-    /// Mean bytes between samples (the Poisson rate of the in-kernel sampler).
-    sample_interval_bytes: u64,
+    sampling: Sampling,
     stacks: HashMap<Vec<u64>, StackInfo>,
-    sites: HashMap<SiteKey, Site>,
+    site_ids: HashMap<SiteKey, u32>,
+    sites: Vec<Site>,
+    live: HashMap<u64, LiveObject>,
     pub gc_cycles: Vec<GcEvent>,
+    /// The current GC epoch: the runtime's number of the last completed cycle when the binary
+    /// has symbols, else the number of cycles seen since attaching.
+    cycle: u64,
+    /// Timestamp of the first event (CLOCK_MONOTONIC ns); times are relative to it.
+    origin_ns: Option<u64>,
+    last_ns: u64,
+    /// Every record read, decodable or not.
+    pub records_received: u64,
     pub samples_received: u64,
     pub samples_without_stack: u64,
     pub decode_errors: u64,
+    /// Deaths of sampled objects whose allocation was not seen (sampled before attach).
+    pub unmatched_frees: u64,
+    /// Sampled objects whose address was handed out again before their death was seen.
+    pub replaced_objects: u64,
+    /// `runtime.main` started (launch mode), at this timestamp.
+    pub runtime_ready: Option<u64>,
+    deaths: Option<Vec<Death>>,
 }
 
 /// Probability that the sampler picks an allocation of `size` bytes when it samples on
@@ -66,125 +165,387 @@ pub fn sample_probability(size: u64, interval: u64) -> f64 {
     1.0 - (-(size as f64) / interval as f64).exp()
 }
 
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("3 significant digits is a valid precision")
+}
+
+/// Least-squares slope and R² of `points`.
+fn linear_fit(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let (mut sxx, mut sxy, mut syy) = (0.0, 0.0, 0.0);
+    for &(x, y) in points {
+        sxx += (x - mean_x) * (x - mean_x);
+        sxy += (x - mean_x) * (y - mean_y);
+        syy += (y - mean_y) * (y - mean_y);
+    }
+    if sxx <= 0.0 {
+        return None;
+    }
+    let slope = sxy / sxx;
+    let r2 = if syy > 0.0 {
+        (sxy * sxy) / (sxx * syy)
+    } else {
+        0.0
+    };
+    Some((slope, r2))
+}
+
 impl Analysis {
-    pub fn new(symbolizer: Symbolizer, sample_interval_bytes: u64) -> Analysis {
+    pub fn new(symbolizer: Symbolizer, sampling: Sampling) -> Analysis {
         Analysis {
             symbolizer,
-            sample_interval_bytes,
+            sampling,
             stacks: HashMap::new(),
-            sites: HashMap::new(),
+            site_ids: HashMap::new(),
+            sites: Vec::new(),
+            live: HashMap::new(),
             gc_cycles: Vec::new(),
+            cycle: 0,
+            origin_ns: None,
+            last_ns: 0,
+            records_received: 0,
             samples_received: 0,
             samples_without_stack: 0,
             decode_errors: 0,
+            unmatched_frees: 0,
+            replaced_objects: 0,
+            runtime_ready: None,
+            deaths: None,
         }
+    }
+
+    pub fn sampling(&self) -> Sampling {
+        self.sampling
     }
 
     pub fn sample_interval_bytes(&self) -> u64 {
-        self.sample_interval_bytes
+        self.sampling.interval_bytes()
+    }
+
+    /// Changes the heap profiler's rate (the session learns it once the rate is written).
+    pub fn set_sampling(&mut self, sampling: Sampling) {
+        self.sampling = sampling;
     }
 
     /// Feeds one ring-buffer record.
-    pub fn record(&mut self, bytes: &[u8], load_bias: u64) {
+    pub fn record(&mut self, bytes: &[u8], load_bias: u64) -> Option<Event> {
+        self.records_received += 1;
         match Event::decode(bytes) {
-            Ok(event) => self.event(event, load_bias),
-            Err(_) => self.decode_errors += 1,
+            Ok(event) => {
+                self.event(&event, load_bias);
+                Some(event)
+            }
+            Err(_) => {
+                self.decode_errors += 1;
+                None
+            }
         }
     }
 
-    pub fn event(&mut self, event: Event, load_bias: u64) {
+    pub fn event(&mut self, event: &Event, load_bias: u64) {
+        let ts = match event {
+            Event::Alloc(e) | Event::ObjectAlloc(e) => e.ts_ns,
+            Event::ObjectFree(e) => e.ts_ns,
+            Event::Gc(e) => e.ts_ns,
+            Event::RuntimeReady { ts_ns, .. } => *ts_ns,
+        };
+        self.origin_ns.get_or_insert(ts);
+        self.last_ns = self.last_ns.max(ts);
         match event {
-            Event::Alloc(alloc) => self.alloc(alloc, load_bias),
-            Event::Gc(gc) => self.gc_cycles.push(gc),
+            Event::Alloc(alloc) => {
+                self.sample(alloc, load_bias);
+            }
+            Event::ObjectAlloc(alloc) => self.object_alloc(alloc, load_bias),
+            Event::ObjectFree(free) => self.object_free(free),
+            Event::Gc(gc) => self.gc(gc),
+            Event::RuntimeReady { ts_ns, .. } => self.runtime_ready = Some(*ts_ns),
         }
     }
 
-    fn alloc(&mut self, alloc: AllocEvent, load_bias: u64) {
+    /// Seconds from the first event to `ts_ns`.
+    fn seconds(&self, ts_ns: u64) -> f64 {
+        ts_ns.saturating_sub(self.origin_ns.unwrap_or(ts_ns)) as f64 / 1e9
+    }
+
+    /// Seconds covered by the events so far.
+    pub fn span_s(&self) -> f64 {
+        self.seconds(self.last_ns)
+    }
+
+    /// Symbolizes a stack (once) and returns its site.
+    fn site_of(&mut self, stack: &[u64], load_bias: u64) -> (u32, usize, Arc<[Frame]>) {
+        if let Some(info) = self.stacks.get(stack) {
+            return (info.site, info.id, info.frames.clone());
+        }
+        let frames: Arc<[Frame]> = self.symbolizer.stack(stack, load_bias).into();
+        let key = match frames.iter().find(|f| !f.is_runtime()) {
+            Some(frame) => SiteKey {
+                function: frame.function.clone(),
+                file: frame.file.clone(),
+                line: frame.line,
+            },
+            None if stack.is_empty() => SiteKey {
+                function: "[stack not captured]".into(),
+                file: String::new(),
+                line: 0,
+            },
+            None => SiteKey {
+                function: "[Go runtime]".into(),
+                file: String::new(),
+                line: 0,
+            },
+        };
+        let site = match self.site_ids.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = self.sites.len() as u32;
+                self.sites.push(Site {
+                    key: key.clone(),
+                    samples: 0,
+                    objects: 0.0,
+                    bytes: 0.0,
+                    requested_bytes: 0.0,
+                    sizes: new_histogram(),
+                    window_objects: 0.0,
+                    window_bytes: 0.0,
+                    stack: frames.clone(),
+                    stack_id: self.stacks.len(),
+                    stack_weights: HashMap::new(),
+                    live_samples: 0,
+                    live_objects: 0.0,
+                    live_bytes: 0.0,
+                    lifetimes_ms: new_histogram(),
+                    max_cycles_survived_dead: 0,
+                    snapshots: Vec::new(),
+                });
+                self.site_ids.insert(key, id);
+                id
+            }
+        };
+        let id = self.stacks.len();
+        self.stacks.insert(
+            stack.to_vec(),
+            StackInfo {
+                id,
+                site,
+                frames: frames.clone(),
+            },
+        );
+        (site, id, frames)
+    }
+
+    /// Accounts one sample to its site; returns the site and the sample's weight.
+    fn sample(&mut self, alloc: &AllocEvent, load_bias: u64) -> (u32, f64) {
         self.samples_received += 1;
         if alloc.stack.is_empty() {
             self.samples_without_stack += 1;
         }
-        let next_id = self.stacks.len();
-        let symbolizer = &mut self.symbolizer;
-        let info = self.stacks.entry(alloc.stack).or_insert_with_key(|stack| {
-            let frames: Arc<[Frame]> = symbolizer.stack(stack, load_bias).into();
-            let site = match frames.iter().find(|f| !f.is_runtime()) {
-                Some(frame) => SiteKey {
-                    function: frame.function.clone(),
-                    file: frame.file.clone(),
-                    line: frame.line,
-                },
-                None if stack.is_empty() => SiteKey {
-                    function: "[stack not captured]".into(),
-                    file: String::new(),
-                    line: 0,
-                },
-                None => SiteKey {
-                    function: "[Go runtime]".into(),
-                    file: String::new(),
-                    line: 0,
-                },
-            };
-            StackInfo {
-                id: next_id,
-                site,
-                frames,
-            }
-        });
-
-        let weight = 1.0 / sample_probability(alloc.size, self.sample_interval_bytes);
-        let site = self.sites.entry(info.site.clone()).or_insert_with(|| Site {
-            key: info.site.clone(),
-            samples: 0,
-            objects: 0.0,
-            bytes: 0.0,
-            requested_bytes: 0.0,
-            sizes: Histogram::new(3).expect("3 significant digits is a valid precision"),
-            window_objects: 0.0,
-            window_bytes: 0.0,
-            stack: info.frames.clone(),
-            stack_id: info.id,
-            stack_weights: HashMap::new(),
-        });
+        let (site_id, stack_id, frames) = self.site_of(&alloc.stack, load_bias);
+        // memtrace's own sampler counts requested bytes; the runtime's counts slot bytes.
+        let sampled_size = match self.sampling {
+            Sampling::AllAllocs { .. } => alloc.size,
+            Sampling::HeapProfiler { .. } => alloc.slot_size,
+        };
+        let weight = 1.0 / sample_probability(sampled_size, self.sample_interval_bytes());
+        let site = &mut self.sites[site_id as usize];
         site.samples += 1;
         site.objects += weight;
         site.bytes += weight * alloc.slot_size as f64;
         site.requested_bytes += weight * alloc.size as f64;
         site.window_objects += weight;
         site.window_bytes += weight * alloc.slot_size as f64;
-        // Saturating: the histogram tracks up to 2^63; sizes never get near.
         let _ = site.sizes.record(alloc.size.max(1));
         let stack_weight = {
-            let w = site.stack_weights.entry(info.id).or_insert(0.0);
+            let w = site.stack_weights.entry(stack_id).or_insert(0.0);
             *w += weight;
             *w
         };
-        if info.id != site.stack_id && stack_weight > site.stack_weights[&site.stack_id] {
-            site.stack_id = info.id;
-            site.stack = info.frames.clone();
+        if stack_id != site.stack_id
+            && stack_weight
+                > site
+                    .stack_weights
+                    .get(&site.stack_id)
+                    .copied()
+                    .unwrap_or(0.0)
+        {
+            site.stack_id = stack_id;
+            site.stack = frames;
+        }
+        (site_id, weight)
+    }
+
+    fn object_alloc(&mut self, alloc: &AllocEvent, load_bias: u64) {
+        let (site_id, weight) = self.sample(alloc, load_bias);
+        let site = &mut self.sites[site_id as usize];
+        site.live_samples += 1;
+        site.live_objects += weight;
+        site.live_bytes += weight * alloc.slot_size as f64;
+        let object = LiveObject {
+            site: site_id,
+            cycle: self.cycle as u32,
+            size: alloc.slot_size.min(u32::MAX as u64) as u32,
+            at_ms: (self.seconds(alloc.ts_ns) * 1000.0) as u32,
+        };
+        if let Some(previous) = self.live.insert(alloc.ptr, object) {
+            // Its death was lost: take it out of the live numbers rather than leak it.
+            self.replaced_objects += 1;
+            self.forget(previous);
         }
     }
 
-    /// Sites ordered by estimated bytes, largest first.
-    pub fn sites_by_bytes(&self) -> Vec<&Site> {
-        let mut sites: Vec<&Site> = self.sites.values().collect();
-        sites.sort_by(|a, b| {
+    /// Removes a live object from its site's live estimates; returns its weight.
+    fn forget(&mut self, object: LiveObject) {
+        let weight = 1.0 / sample_probability(object.size as u64, self.sample_interval_bytes());
+        let site = &mut self.sites[object.site as usize];
+        site.live_samples = site.live_samples.saturating_sub(1);
+        site.live_objects = (site.live_objects - weight).max(0.0);
+        site.live_bytes = (site.live_bytes - weight * object.size as f64).max(0.0);
+    }
+
+    fn object_free(&mut self, free: &FreeEvent) {
+        let Some(object) = self.live.remove(&free.ptr) else {
+            self.unmatched_frees += 1;
+            return;
+        };
+        self.forget(object);
+        let lifetime_ms =
+            ((self.seconds(free.ts_ns) * 1000.0) as u64).saturating_sub(object.at_ms as u64);
+        let survived = self.cycle.saturating_sub(object.cycle as u64 + 1);
+        let site = &mut self.sites[object.site as usize];
+        let _ = site.lifetimes_ms.record(lifetime_ms);
+        site.max_cycles_survived_dead = site.max_cycles_survived_dead.max(survived);
+        if let Some(deaths) = &mut self.deaths {
+            deaths.push(Death {
+                ptr: free.ptr,
+                site: object.site,
+                size: object.size as u64,
+                alloc_cycle: object.cycle as u64,
+                death_cycle: self.cycle,
+                lifetime_ms,
+            });
+        }
+    }
+
+    fn gc(&mut self, gc: &GcEvent) {
+        self.cycle = gc.cycle.unwrap_or(self.cycle + 1);
+        self.gc_cycles.push(*gc);
+        if self.live.is_empty() && self.sites.iter().all(|s| s.snapshots.is_empty()) {
+            return;
+        }
+        let at = self.seconds(gc.ts_ns);
+        for site in &mut self.sites {
+            if site.live_samples > 0 || !site.snapshots.is_empty() {
+                if site.snapshots.len() == MAX_SNAPSHOTS {
+                    site.snapshots.remove(0);
+                }
+                site.snapshots.push((at, site.live_bytes));
+            }
+        }
+    }
+
+    /// The current GC epoch (see the field).
+    pub fn cycle(&self) -> u64 {
+        self.cycle
+    }
+
+    /// Sampled objects being tracked.
+    pub fn live_tracked(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Oldest age and most cycles survived of each site's live objects, indexed by site.
+    pub fn live_summaries(&self) -> Vec<LiveSummary> {
+        let now_ms = self.seconds(self.last_ns) * 1000.0;
+        let mut summaries = vec![LiveSummary::default(); self.sites.len()];
+        for object in self.live.values() {
+            let summary = &mut summaries[object.site as usize];
+            let age_s = (now_ms - object.at_ms as f64).max(0.0) / 1000.0;
+            summary.oldest_age_s = summary.oldest_age_s.max(age_s);
+            summary.max_cycles_survived = summary
+                .max_cycles_survived
+                .max(self.cycle.saturating_sub(object.cycle as u64));
+        }
+        summaries
+    }
+
+    /// Least-squares growth of a site's live bytes over its GC-cycle snapshots (bytes/s).
+    pub fn growth_bytes_per_s(&self, site: u32) -> f64 {
+        linear_fit(&self.sites[site as usize].snapshots).map_or(0.0, |(slope, _)| slope)
+    }
+
+    /// Sites whose live memory keeps growing with objects that keep surviving GC cycles,
+    /// most suspicious first. The rule, in `leak_rule`:
+    /// - at least `MIN_SNAPSHOTS` GC cycles observed with the site's objects live;
+    /// - live bytes grow (positive least-squares slope) steadily (R² ≥ `MIN_STEADINESS`);
+    /// - the later half of the snapshots still grows at ≥ `MIN_RECENT_GROWTH` of that slope;
+    /// - the growth over the window exceeds `MIN_GROWTH_INTERVALS` sampling intervals;
+    /// - some live object has survived ≥ `MIN_CYCLES_SURVIVED` cycles.
+    ///
+    /// Score: growth rate × steadiness, so a fast steady leak ranks first.
+    pub fn leak_suspects(&self, summaries: &[LiveSummary]) -> Vec<LeakVerdict> {
+        let mut verdicts: Vec<LeakVerdict> = self
+            .sites
+            .iter()
+            .enumerate()
+            .filter_map(|(id, site)| {
+                let points = &site.snapshots;
+                if points.len() < leak_rule::MIN_SNAPSHOTS {
+                    return None;
+                }
+                let (slope, r2) = linear_fit(points)?;
+                let (recent_slope, _) = linear_fit(&points[points.len() / 2..])?;
+                let span = points.last()?.0 - points.first()?.0;
+                let live = summaries.get(id).copied().unwrap_or_default();
+                let suspicious = slope > 0.0
+                    && r2 >= leak_rule::MIN_STEADINESS
+                    && recent_slope >= leak_rule::MIN_RECENT_GROWTH * slope
+                    && slope * span
+                        >= leak_rule::MIN_GROWTH_INTERVALS * self.sample_interval_bytes() as f64
+                    && live.max_cycles_survived >= leak_rule::MIN_CYCLES_SURVIVED;
+                suspicious.then_some(LeakVerdict {
+                    site: id as u32,
+                    growth_bytes_per_s: slope,
+                    steadiness: r2,
+                    live,
+                    score: slope * r2,
+                })
+            })
+            .collect();
+        verdicts.sort_by(|a, b| b.score.total_cmp(&a.score));
+        verdicts
+    }
+
+    pub fn sites(&self) -> &[Site] {
+        &self.sites
+    }
+
+    /// Site ids ordered by estimated bytes allocated, largest first.
+    pub fn sites_by_bytes(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = (0..self.sites.len() as u32).collect();
+        ids.sort_by(|&a, &b| {
+            let (a, b) = (&self.sites[a as usize], &self.sites[b as usize]);
             b.bytes
                 .total_cmp(&a.bytes)
                 .then_with(|| b.objects.total_cmp(&a.objects))
                 .then_with(|| a.key.function.cmp(&b.key.function))
         });
-        sites
+        ids
     }
 
-    /// Sites ordered by bytes allocated since the last call, with those window totals; resets
-    /// the window (for the live view).
-    pub fn take_window(&mut self) -> Vec<(SiteKey, f64, f64)> {
-        let mut window: Vec<(SiteKey, f64, f64)> = self
+    /// Site ids with what they allocated since the last call, by bytes; resets the window
+    /// (for the live view).
+    pub fn take_window(&mut self) -> Vec<(u32, f64, f64)> {
+        let mut window: Vec<(u32, f64, f64)> = self
             .sites
-            .values_mut()
-            .map(|site| {
-                let entry = (site.key.clone(), site.window_objects, site.window_bytes);
+            .iter_mut()
+            .enumerate()
+            .map(|(id, site)| {
+                let entry = (id as u32, site.window_objects, site.window_bytes);
                 site.window_objects = 0.0;
                 site.window_bytes = 0.0;
                 entry
@@ -194,9 +555,26 @@ impl Analysis {
         window
     }
 
-    pub fn site(&self, key: &SiteKey) -> Option<&Site> {
-        self.sites.get(key)
+    /// Starts keeping every paired death (for `--lifetimes`; grows with the deaths seen).
+    pub fn keep_deaths(&mut self) {
+        self.deaths.get_or_insert_with(Vec::new);
     }
+
+    pub fn deaths(&self) -> &[Death] {
+        self.deaths.as_deref().unwrap_or_default()
+    }
+}
+
+/// One sampled object whose allocation and death were both seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Death {
+    pub ptr: u64,
+    pub site: u32,
+    pub size: u64,
+    /// GC epochs of allocation and death (see `Analysis::cycle`).
+    pub alloc_cycle: u64,
+    pub death_cycle: u64,
+    pub lifetime_ms: u64,
 }
 
 #[cfg(test)]
@@ -210,5 +588,15 @@ mod tests {
         assert!((p - (1.0 - (-1.0f64).exp())).abs() < 1e-12);
         assert_eq!(sample_probability(100, 1), 1.0);
         assert!(sample_probability(1, 1 << 20) > 0.0);
+    }
+
+    #[test]
+    fn linear_fit_finds_slope_and_steadiness() {
+        let line: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 3.0 * i as f64 + 1.0)).collect();
+        let (slope, r2) = linear_fit(&line).unwrap();
+        assert!((slope - 3.0).abs() < 1e-9 && (r2 - 1.0).abs() < 1e-9);
+        let flat: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 5.0)).collect();
+        assert_eq!(linear_fit(&flat).unwrap(), (0.0, 0.0));
+        assert!(linear_fit(&line[..1]).is_none());
     }
 }

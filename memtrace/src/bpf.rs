@@ -18,7 +18,7 @@ use memtrace_common::{
 
 use crate::{
     error::{Error, Result},
-    probes::ProbePlan,
+    probes::ProbeSite,
     runtime::size_to_class_table,
 };
 
@@ -29,13 +29,43 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// the defaults produce.
 pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 
-/// Which program goes on the allocation sites.
+/// The eBPF programs, one per probe kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AllocProbe {
-    /// Count every allocation and sample stacks.
-    Trace,
-    /// A no-op program: measures the kernel's trap cost alone (benchmarks).
-    Floor,
+pub enum Program {
+    /// On every allocation entry point: count every allocation, sample stacks.
+    AllocEntry,
+    /// A no-op on the same sites: the kernel's trap cost alone (benchmarks).
+    AllocFloor,
+    /// Once per GC cycle.
+    GcCycle,
+    /// Allocations the runtime's heap profiler samples.
+    ObjectAlloc,
+    /// Their deaths.
+    ObjectFree,
+    /// `runtime.main` started.
+    RuntimeReady,
+}
+
+impl Program {
+    const ALL: [Program; 6] = [
+        Program::AllocEntry,
+        Program::AllocFloor,
+        Program::GcCycle,
+        Program::ObjectAlloc,
+        Program::ObjectFree,
+        Program::RuntimeReady,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Program::AllocEntry => "alloc_entry",
+            Program::AllocFloor => "alloc_floor",
+            Program::GcCycle => "gc_cycle",
+            Program::ObjectAlloc => "object_alloc",
+            Program::ObjectFree => "object_free",
+            Program::RuntimeReady => "runtime_ready",
+        }
+    }
 }
 
 /// The loaded eBPF object.
@@ -83,7 +113,7 @@ impl Tracer {
             .map_max_entries("EVENTS", ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| bpf_error("loading the eBPF programs", e))?;
-        for name in ["alloc_entry", "alloc_floor", "gc_cycle"] {
+        for name in Program::ALL.map(Program::name) {
             let program: &mut UProbe = ebpf
                 .program_mut(name)
                 .ok_or_else(|| Error::BpfUnavailable(format!("program {name} missing")))?
@@ -159,49 +189,35 @@ impl Tracer {
             .map_err(|e| bpf_error("TARGETS", e))
     }
 
-    /// Attaches the planned probes to `binary` (a path the kernel resolves to the executable's
-    /// inode, e.g. /proc/PID/exe), firing only in process `pid`.
+    /// Attaches `program` to each site of `binary` (a path the kernel resolves to the
+    /// executable's inode, e.g. /proc/PID/exe), firing only in process `pid`. The site's entry
+    /// kind is the attach cookie.
     pub fn attach(
         &mut self,
-        plan: &ProbePlan,
+        program: Program,
+        sites: &[&ProbeSite],
         binary: &Path,
         pid: u32,
-        alloc_probe: AllocProbe,
     ) -> Result<()> {
         let scope = UProbeScope::OneProcess(
             std::num::NonZeroU32::new(pid).ok_or(Error::NoSuchProcess(pid))?,
         );
-        let alloc_program = match alloc_probe {
-            AllocProbe::Trace => "alloc_entry",
-            AllocProbe::Floor => "alloc_floor",
-        };
-        let mut attach = |program: &'static str, offset: u64, cookie: u64, what: &str| {
+        let name = program.name();
+        for site in sites {
             let uprobe: &mut UProbe = self
                 .ebpf
-                .program_mut(program)
-                .ok_or_else(|| Error::BpfUnavailable(format!("program {program} missing")))?
+                .program_mut(name)
+                .ok_or_else(|| Error::BpfUnavailable(format!("program {name} missing")))?
                 .try_into()
-                .map_err(|e| bpf_error(program, e))?;
+                .map_err(|e| bpf_error(name, e))?;
             let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(offset),
-                cookie: Some(cookie),
+                location: UProbeAttachLocation::AbsoluteOffset(site.file_offset),
+                cookie: Some(site.entry_kind),
             };
             let link = uprobe
                 .attach(point, binary, scope)
-                .map_err(|e| bpf_error(&format!("attaching to {what}"), e))?;
-            self.links.push((program, link));
-            Ok::<_, Error>(())
-        };
-        for site in &plan.alloc {
-            attach(
-                alloc_program,
-                site.file_offset,
-                site.entry_kind,
-                &site.function,
-            )?;
-        }
-        if let Some(site) = &plan.gc_cycle {
-            attach("gc_cycle", site.file_offset, 0, &site.function)?;
+                .map_err(|e| bpf_error(&format!("attaching to {}", site.function), e))?;
+            self.links.push((name, link));
         }
         Ok(())
     }
@@ -290,6 +306,8 @@ pub fn sum_stats<'a>(per_cpu: impl IntoIterator<Item = &'a TargetStats>) -> Targ
         total.stack_failures += s.stack_failures;
         total.stack_truncated += s.stack_truncated;
         total.read_failures += s.read_failures;
+        total.objects_sampled += s.objects_sampled;
+        total.objects_freed += s.objects_freed;
     }
     total
 }

@@ -18,6 +18,8 @@ pub mod exit_code {
     pub const CORRUPT_TRACE: i32 = 7;
     pub const BPF_UNAVAILABLE: i32 = 8;
     pub const LAUNCH_FAILED: i32 = 9;
+    /// `--read-only` on a process whose heap profiler is off.
+    pub const NOT_SAMPLING: i32 = 10;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,10 @@ pub enum Error {
     },
     #[error("{0} has none of the Go runtime functions memtrace probes (runtime.mallocgc and its helpers)")]
     NoProbeSites(PathBuf),
+    #[error("{path} has no {function}, which sampled mode needs")]
+    MissingRuntimeFunction { path: PathBuf, function: String },
+    #[error("pid {0} does not sample its heap (runtime.MemProfileRate is 0) and --read-only forbids memtrace to turn sampling on; drop --read-only or use --all-allocs")]
+    NotSampling(u32),
     #[error("cannot start {command}: {source}")]
     Launch {
         command: String,
@@ -65,7 +71,10 @@ impl Error {
             Error::NoSuchProcess(_) => exit_code::NO_SUCH_PROCESS,
             Error::PermissionDenied(_) => exit_code::PERMISSION_DENIED,
             Error::NotGo(_) => exit_code::NOT_GO,
-            Error::UnsupportedGo { .. } | Error::NoProbeSites(_) => exit_code::UNSUPPORTED_GO,
+            Error::UnsupportedGo { .. }
+            | Error::NoProbeSites(_)
+            | Error::MissingRuntimeFunction { .. } => exit_code::UNSUPPORTED_GO,
+            Error::NotSampling(_) => exit_code::NOT_SAMPLING,
             Error::Binary { .. } => exit_code::NOT_GO,
             Error::Launch { .. } => exit_code::LAUNCH_FAILED,
             Error::BpfUnavailable(_) => exit_code::BPF_UNAVAILABLE,

@@ -3,15 +3,34 @@
 //! Live sessions decode records straight from the ring buffer; recorded traces will decode the
 //! same bytes from a file. Both feed the same analysis.
 
-use memtrace_common::{tag, AllocSample, GcCycle, RecordHeader, NUM_SIZE_CLASSES};
+use memtrace_common::{tag, AllocSample, GcCycle, ObjectFree, RecordHeader, NUM_SIZE_CLASSES};
 
 use crate::runtime::class_size;
 
 /// One decoded record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// A stack sample of `--all-allocs`.
     Alloc(AllocEvent),
+    /// An object the runtime's heap profiler sampled (its address is known).
+    ObjectAlloc(AllocEvent),
+    /// A sampled object's death.
+    ObjectFree(FreeEvent),
     Gc(GcEvent),
+    /// The runtime finished initializing.
+    RuntimeReady {
+        pid: u32,
+        ts_ns: u64,
+    },
+}
+
+/// The sweeper freed a sampled object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FreeEvent {
+    pub pid: u32,
+    pub ts_ns: u64,
+    pub ptr: u64,
+    pub size: u64,
 }
 
 /// A sampled allocation.
@@ -23,6 +42,8 @@ pub struct AllocEvent {
     pub slot_size: u64,
     pub class: u32,
     pub goid: u64,
+    /// The object's address (heap-profiler samples only; 0 otherwise).
+    pub ptr: u64,
     /// Runtime addresses, innermost first; empty when the stack could not be captured.
     pub stack: Vec<u64>,
 }
@@ -62,7 +83,7 @@ impl Event {
     pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         let header: RecordHeader = read_record(bytes).ok_or(DecodeError::Truncated(bytes.len()))?;
         match header.tag {
-            tag::ALLOC_SAMPLE => {
+            tag::ALLOC_SAMPLE | tag::OBJECT_ALLOC => {
                 let sample: AllocSample =
                     read_record(bytes).ok_or(DecodeError::Truncated(bytes.len()))?;
                 let depth = (sample.stack_len as usize).min(sample.stack.len());
@@ -72,16 +93,36 @@ impl Event {
                 } else {
                     sample.slot_size
                 };
-                Ok(Event::Alloc(AllocEvent {
+                let event = AllocEvent {
                     pid: header.tgid,
                     ts_ns: header.ts_ns,
                     size: sample.size,
                     slot_size,
                     class: sample.class,
                     goid: sample.goid,
+                    ptr: sample.ptr,
                     stack: sample.stack[..depth].to_vec(),
+                };
+                Ok(if header.tag == tag::OBJECT_ALLOC {
+                    Event::ObjectAlloc(event)
+                } else {
+                    Event::Alloc(event)
+                })
+            }
+            tag::OBJECT_FREE => {
+                let free: ObjectFree =
+                    read_record(bytes).ok_or(DecodeError::Truncated(bytes.len()))?;
+                Ok(Event::ObjectFree(FreeEvent {
+                    pid: header.tgid,
+                    ts_ns: header.ts_ns,
+                    ptr: free.ptr,
+                    size: free.size,
                 }))
             }
+            tag::RUNTIME_READY => Ok(Event::RuntimeReady {
+                pid: header.tgid,
+                ts_ns: header.ts_ns,
+            }),
             tag::GC_CYCLE => {
                 let cycle: GcCycle =
                     read_record(bytes).ok_or(DecodeError::Truncated(bytes.len()))?;
@@ -125,6 +166,7 @@ mod tests {
             size: 100,
             slot_size: 112,
             g: 0xc000001000,
+            ptr: 0,
             goid: 9,
             class: 9,
             stack_len: 3,
@@ -174,6 +216,7 @@ mod tests {
             size: 8,
             slot_size: 8,
             g: 0,
+            ptr: 0,
             goid: 0,
             class: 1,
             stack_len: 10_000,

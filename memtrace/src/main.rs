@@ -7,9 +7,9 @@ use std::{
 use anyhow::Context as _;
 use clap::{ArgGroup, Parser};
 use memtrace::{
-    bpf::{AllocProbe, DEFAULT_RING_BYTES},
+    bpf::DEFAULT_RING_BYTES,
     error::{exit_code, Error},
-    session::{self, SessionOptions, TargetSpec},
+    session::{self, Mode, SessionOptions, TargetSpec},
 };
 
 /// Trace the heap allocations of a Go process with eBPF: which call sites allocate, how much,
@@ -35,18 +35,34 @@ struct Cli {
     #[arg(short, long, value_parser = parse_duration, help_heading = "Tracing")]
     duration: Option<Duration>,
 
-    /// Count every allocation in the kernel and sample stacks (the only mode so far).
+    /// Count every allocation in the kernel (exact totals) and sample stacks, instead of
+    /// riding on the runtime's heap profiler. Costs a uprobe trap per allocation.
     #[arg(long, help_heading = "Tracing")]
     all_allocs: bool,
 
-    /// Mean bytes allocated between two stack samples (e.g. 64K, 1M). Smaller means more
-    /// precise per-site numbers and more overhead.
+    /// Sampled mode (default): the heap profiler's average bytes between samples, written into
+    /// the target's runtime.MemProfileRate and restored when memtrace detaches.
+    #[arg(long, default_value = "512K", value_parser = parse_bytes, value_name = "BYTES", help_heading = "Tracing")]
+    sample_rate: u64,
+
+    /// Sampled mode: never write into the target (only programs that already sample, e.g.
+    /// with net/http/pprof linked, can then be traced).
+    #[arg(long, help_heading = "Tracing")]
+    read_only: bool,
+
+    /// With --all-allocs: mean bytes allocated between two stack samples (e.g. 64K, 1M).
+    /// Smaller means more precise per-site numbers and more overhead.
     #[arg(long, default_value = "64K", value_parser = parse_bytes, value_name = "BYTES", help_heading = "Tracing")]
     stack_sample_bytes: u64,
 
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE", help_heading = "Output")]
     json: Option<PathBuf>,
+
+    /// Sampled mode: write every sampled object whose death was seen to this CSV file
+    /// (address, site, size, GC cycles of allocation and death, lifetime).
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    lifetimes: Option<PathBuf>,
 
     /// Sites shown in the live view and the text report.
     #[arg(long, default_value_t = 15, help_heading = "Output")]
@@ -175,12 +191,19 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     let outcome = session::run(SessionOptions {
         target,
         duration: cli.duration,
-        stack_sample_bytes: cli.stack_sample_bytes,
-        alloc_probe: if cli.probe_floor {
-            AllocProbe::Floor
+        mode: if cli.probe_floor {
+            Mode::ProbeFloor
+        } else if cli.all_allocs {
+            Mode::AllAllocs {
+                stack_sample_bytes: cli.stack_sample_bytes,
+            }
         } else {
-            AllocProbe::Trace
+            Mode::Sampled {
+                rate: cli.sample_rate,
+                read_only: cli.read_only,
+            }
         },
+        keep_deaths: cli.lifetimes.is_some(),
         live: !cli.no_live,
         live_interval: cli.interval,
         top: cli.top,
@@ -201,7 +224,39 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             .write_json(std::io::BufWriter::new(file))
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(path) = &cli.lifetimes {
+        write_lifetimes(path, &outcome.analysis)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(outcome.target_exit.map_or(0, |exit| exit.shell_code()))
+}
+
+/// The paired deaths as CSV.
+fn write_lifetimes(
+    path: &std::path::Path,
+    analysis: &memtrace::analysis::Analysis,
+) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(File::create(path)?);
+    writeln!(
+        out,
+        "address,function,file,line,size,alloc_cycle,death_cycle,lifetime_ms"
+    )?;
+    for death in analysis.deaths() {
+        let site = &analysis.sites()[death.site as usize].key;
+        writeln!(
+            out,
+            "0x{:x},{},{},{},{},{},{},{}",
+            death.ptr,
+            site.function,
+            site.file,
+            site.line,
+            death.size,
+            death.alloc_cycle,
+            death.death_cycle,
+            death.lifetime_ms
+        )?;
+    }
+    out.flush()
 }
 
 #[cfg(test)]

@@ -33,9 +33,16 @@ pub struct ProbeSite {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbePlan {
+    /// Every allocation (`--all-allocs`).
     pub alloc: Vec<ProbeSite>,
     /// `runtime.gcSweep`: once per GC cycle.
     pub gc_cycle: Option<ProbeSite>,
+    /// `runtime.profilealloc`: allocations the runtime's heap profiler samples.
+    pub object_alloc: Option<ProbeSite>,
+    /// `runtime.freeSpecial`: the sweeper freeing their specials when they die.
+    pub object_free: Option<ProbeSite>,
+    /// `runtime.main`: the runtime finished initializing.
+    pub runtime_ready: Option<ProbeSite>,
 }
 
 /// The five functions Go 1.24+ mallocgc dispatches to.
@@ -91,11 +98,17 @@ impl ProbePlan {
             .into_iter()
             .map(|(function, kind)| probe_site(binary, &function, kind))
             .collect::<Result<Vec<_>>>()?;
-        let gc_cycle = match binary.function("runtime.gcSweep") {
-            Some(f) => Some(probe_site(binary, &f, 0)?),
-            None => None,
+        let optional = |name: &str| match binary.function(name) {
+            Some(f) => probe_site(binary, &f, 0).map(Some),
+            None => Ok(None),
         };
-        Ok(ProbePlan { alloc, gc_cycle })
+        Ok(ProbePlan {
+            alloc,
+            gc_cycle: optional("runtime.gcSweep")?,
+            object_alloc: optional("runtime.profilealloc")?,
+            object_free: optional("runtime.freeSpecial")?,
+            runtime_ready: optional("runtime.main")?,
+        })
     }
 }
 
@@ -174,6 +187,15 @@ mod tests {
                 "{version}"
             );
             assert!(default.gc_cycle.is_some(), "{version}: runtime.gcSweep");
+            assert!(
+                default.object_alloc.is_some(),
+                "{version}: runtime.profilealloc"
+            );
+            assert!(
+                default.object_free.is_some(),
+                "{version}: runtime.freeSpecial"
+            );
+            assert!(default.runtime_ready.is_some(), "{version}: runtime.main");
             // Stripping keeps every address (found through .gopclntab instead of .symtab).
             assert_eq!(plans[1], *default, "{version}: stripped plan");
             // PIE moves code but finds the same functions.

@@ -6,19 +6,64 @@ use std::{fmt::Write as _, io};
 use memtrace_common::{global_counter, TargetStats, NUM_SIZE_CLASSES};
 use serde::{Deserialize, Serialize};
 
-use crate::{analysis::Analysis, runtime::class_size, symbolize::Frame};
+use crate::{
+    analysis::{Analysis, Sampling as AnalysisSampling},
+    runtime::class_size,
+    symbolize::Frame,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub target: TargetInfo,
     pub duration_s: f64,
+    /// "sampled": the runtime's heap profiler, objects tracked to their death;
     /// "all-allocs": every allocation counted, stacks sampled.
     pub mode: String,
+    /// Sampled mode: the `MemProfileRate` the objects were sampled at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_rate_bytes: Option<u64>,
+    /// Sampled mode: what memtrace did to the target's `runtime.MemProfileRate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_profile_rate: Option<MemProfileRate>,
     pub allocations: Allocations,
     pub gc: Gc,
     pub events: Events,
     pub sampling: Sampling,
     pub alloc_sites: Vec<AllocSite>,
+    /// Sampled mode: sites whose live memory keeps growing with objects that keep surviving
+    /// GC cycles, most suspicious first; empty when nothing leaks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leak_suspects: Option<Vec<LeakSuspect>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemProfileRate {
+    /// The target's own value when memtrace attached.
+    pub original: i64,
+    /// What memtrace wrote (absent with --read-only or when it was already right).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written: Option<i64>,
+    /// Whether the original value was put back.
+    pub restored: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeakSuspect {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    pub stack: Vec<Frame>,
+    /// The objects' type, when the binary lets memtrace know it.
+    #[serde(rename = "type")]
+    pub type_name: Option<String>,
+    pub live_objects: u64,
+    pub live_bytes: u64,
+    pub growth_bytes_per_s: f64,
+    pub oldest_age_s: f64,
+    pub max_gc_cycles_survived: u64,
+    /// R² of the growth: 1 is perfectly steady.
+    pub steadiness: f64,
+    pub score: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -31,9 +76,12 @@ pub struct TargetInfo {
     pub exit: Option<String>,
 }
 
-/// Exact totals over the traced window, counted in the kernel for every allocation.
+/// Totals over the traced window: exact in all-allocs mode (counted in the kernel for every
+/// allocation), estimated from the samples in sampled mode.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Allocations {
+    /// Whether these are estimates (sampled mode).
+    pub estimated: bool,
     pub objects: u64,
     /// Bytes of the slots the runtime handed out (size classes, tiny blocks, whole pages for
     /// large objects): what `runtime.MemStats.TotalAlloc` counts.
@@ -91,12 +139,19 @@ pub struct Events {
     pub decode_errors: u64,
     /// Probe hits the kernel could not attribute to a traced process (whole machine).
     pub unattributed: u64,
+    /// Sampled mode: objects the heap profiler sampled, and deaths the sweeper reported.
+    pub objects_sampled: u64,
+    pub objects_freed: u64,
+    /// Deaths of objects sampled before memtrace attached (no allocation to pair with).
+    pub unmatched_frees: u64,
+    /// Objects whose address was reused before their death was seen.
+    pub replaced_objects: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sampling {
-    /// Mean bytes between stack samples.
-    pub stack_sample_bytes: u64,
+    /// Mean bytes between samples.
+    pub interval_bytes: u64,
     pub note: String,
 }
 
@@ -116,6 +171,35 @@ pub struct AllocSite {
     pub size: SizeDistribution,
     /// The heaviest stack of this site, innermost first.
     pub stack: Vec<Frame>,
+    /// Sampled mode: estimated live objects and bytes (like pprof's in-use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_objects: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_bytes: Option<u64>,
+    /// Sampled mode: the objects' type, when the binary lets memtrace know it.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_name: Option<Option<String>>,
+    /// Sampled mode: lifetimes of the sampled objects that died.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifetime_ms: Option<Lifetimes>,
+    /// Sampled mode: most GC cycles any sampled object of the site survived (live or dead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_gc_cycles_survived: Option<u64>,
+    /// Sampled mode: age of the oldest live sampled object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_age_s: Option<f64>,
+    /// Sampled mode: least-squares growth of live bytes over the GC cycles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth_bytes_per_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Lifetimes {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+    pub count: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -154,6 +238,7 @@ pub struct ReportInput<'a> {
     pub global_counters: &'a [u64],
     pub analysis: &'a Analysis,
     pub start_ts_ns: u64,
+    pub mem_profile_rate: Option<MemProfileRate>,
 }
 
 impl Report {
@@ -165,7 +250,9 @@ impl Report {
             global_counters,
             analysis,
             start_ts_ns,
+            mem_profile_rate,
         } = input;
+        let sampled = matches!(analysis.sampling(), AnalysisSampling::HeapProfiler { .. });
         let per_s = |v: f64| {
             if duration_s > 0.0 {
                 v / duration_s
@@ -173,24 +260,67 @@ impl Report {
                 0.0
             }
         };
-        let bytes = slot_bytes(stats);
-        let alloc_sites = analysis
+        let summaries = analysis.live_summaries();
+        let sites = analysis.sites();
+        let stack_of = |id: u32| sites[id as usize].stack.to_vec();
+        let alloc_sites: Vec<AllocSite> = analysis
             .sites_by_bytes()
             .into_iter()
-            .map(|site| AllocSite {
-                function: site.key.function.clone(),
-                file: site.key.file.clone(),
-                line: site.key.line,
-                objects: site.objects.round() as u64,
-                bytes: site.bytes.round() as u64,
-                requested_bytes: site.requested_bytes.round() as u64,
-                objects_per_s: per_s(site.objects),
-                bytes_per_s: per_s(site.bytes),
-                samples: site.samples,
-                size: SizeDistribution::of(&site.sizes),
-                stack: site.stack.to_vec(),
+            .map(|id| {
+                let site = &sites[id as usize];
+                let live = summaries[id as usize];
+                AllocSite {
+                    function: site.key.function.clone(),
+                    file: site.key.file.clone(),
+                    line: site.key.line,
+                    objects: site.objects.round() as u64,
+                    bytes: site.bytes.round() as u64,
+                    requested_bytes: site.requested_bytes.round() as u64,
+                    objects_per_s: per_s(site.objects),
+                    bytes_per_s: per_s(site.bytes),
+                    samples: site.samples,
+                    size: SizeDistribution::of(&site.sizes),
+                    stack: stack_of(id),
+                    live_objects: sampled.then(|| site.live_objects.round() as u64),
+                    live_bytes: sampled.then(|| site.live_bytes.round() as u64),
+                    type_name: sampled.then_some(None),
+                    lifetime_ms: sampled.then(|| Lifetimes {
+                        p50: site.lifetimes_ms.value_at_quantile(0.5),
+                        p90: site.lifetimes_ms.value_at_quantile(0.9),
+                        p99: site.lifetimes_ms.value_at_quantile(0.99),
+                        max: site.lifetimes_ms.max(),
+                        count: site.lifetimes_ms.len(),
+                    }),
+                    max_gc_cycles_survived: sampled
+                        .then(|| live.max_cycles_survived.max(site.max_cycles_survived_dead)),
+                    oldest_age_s: sampled.then_some(live.oldest_age_s),
+                    growth_bytes_per_s: sampled.then(|| analysis.growth_bytes_per_s(id)),
+                }
             })
             .collect();
+        let leak_suspects = sampled.then(|| {
+            analysis
+                .leak_suspects(&summaries)
+                .into_iter()
+                .map(|verdict| {
+                    let site = &sites[verdict.site as usize];
+                    LeakSuspect {
+                        function: site.key.function.clone(),
+                        file: site.key.file.clone(),
+                        line: site.key.line,
+                        stack: stack_of(verdict.site),
+                        type_name: None,
+                        live_objects: site.live_objects.round() as u64,
+                        live_bytes: site.live_bytes.round() as u64,
+                        growth_bytes_per_s: verdict.growth_bytes_per_s,
+                        oldest_age_s: verdict.live.oldest_age_s,
+                        max_gc_cycles_survived: verdict.live.max_cycles_survived,
+                        steadiness: verdict.steadiness,
+                        score: verdict.score,
+                    }
+                })
+                .collect()
+        });
         let timeline = analysis
             .gc_cycles
             .iter()
@@ -214,11 +344,23 @@ impl Report {
                 .get(global_counter::STATS_MAP_FULL as usize)
                 .copied()
                 .unwrap_or(0);
-        Report {
-            target,
-            duration_s,
-            mode: "all-allocs".into(),
-            allocations: Allocations {
+        let allocations = if sampled {
+            let objects = sites.iter().map(|s| s.objects).sum::<f64>();
+            let bytes = sites.iter().map(|s| s.bytes).sum::<f64>();
+            Allocations {
+                estimated: true,
+                objects: objects.round() as u64,
+                bytes: bytes.round() as u64,
+                requested_bytes: sites.iter().map(|s| s.requested_bytes).sum::<f64>().round()
+                    as u64,
+                objects_per_s: per_s(objects),
+                bytes_per_s: per_s(bytes),
+                ..Allocations::default()
+            }
+        } else {
+            let bytes = slot_bytes(stats);
+            Allocations {
+                estimated: false,
                 objects: stats.objects,
                 bytes,
                 requested_bytes: stats.requested_bytes,
@@ -228,13 +370,40 @@ impl Report {
                 large_bytes: stats.large_bytes,
                 objects_per_s: per_s(stats.objects as f64),
                 bytes_per_s: per_s(bytes as f64),
-            },
+            }
+        };
+        let interval = analysis.sample_interval_bytes();
+        let note = if sampled {
+            format!(
+                "Sampled mode: the Go runtime's heap profiler sampled {} objects, on average one \
+                 every {interval} bytes allocated (MemProfileRate); each stands for \
+                 1/(1-exp(-size/rate)) objects, as pprof scales its samples, so totals, per-site \
+                 and live numbers are estimates. Lifetimes pair each sampled object with its \
+                 death at sweep.",
+                analysis.samples_received
+            )
+        } else {
+            format!(
+                "Totals are exact (every allocation is counted in the kernel). Per-site numbers \
+                 are unbiased estimates from {} stack samples taken on average once every \
+                 {interval} requested bytes, each weighted by 1/(1-exp(-size/rate)) as pprof \
+                 does.",
+                analysis.samples_received
+            )
+        };
+        Report {
+            target,
+            duration_s,
+            mode: if sampled { "sampled" } else { "all-allocs" }.into(),
+            sample_rate_bytes: sampled.then_some(interval),
+            mem_profile_rate,
+            allocations,
             gc: Gc {
                 cycles: stats.gc_cycles,
                 timeline,
             },
             events: Events {
-                received: analysis.samples_received + analysis.gc_cycles.len() as u64,
+                received: analysis.records_received,
                 dropped: stats.ringbuf_drops,
                 samples: analysis.samples_received,
                 gc_records: analysis.gc_cycles.len() as u64,
@@ -243,19 +412,17 @@ impl Report {
                 read_failures: stats.read_failures,
                 decode_errors: analysis.decode_errors,
                 unattributed,
+                objects_sampled: stats.objects_sampled,
+                objects_freed: stats.objects_freed,
+                unmatched_frees: analysis.unmatched_frees,
+                replaced_objects: analysis.replaced_objects,
             },
             sampling: Sampling {
-                stack_sample_bytes: analysis.sample_interval_bytes(),
-                note: format!(
-                    "Totals are exact (every allocation is counted in the kernel). Per-site \
-                     numbers are unbiased estimates from {} stack samples taken on average \
-                     once every {} requested bytes, each weighted by 1/(1-exp(-size/rate)) as \
-                     pprof does.",
-                    analysis.samples_received,
-                    analysis.sample_interval_bytes()
-                ),
+                interval_bytes: interval,
+                note,
             },
             alloc_sites,
+            leak_suspects,
         }
     }
 
@@ -299,19 +466,101 @@ impl Report {
                 Some(&s.size),
             )
         })));
-        if let Some(site) = self.alloc_sites.first() {
-            let _ = writeln!(out, "\nheaviest site, stack (innermost first):");
-            for frame in &site.stack {
+        if let Some(rate) = &self.mem_profile_rate {
+            let _ = writeln!(
+                out,
+                "\nruntime.MemProfileRate: {} -> {}, {}",
+                rate.original,
+                rate.written.map_or("unchanged".into(), |w| w.to_string()),
+                if rate.restored {
+                    "restored"
+                } else {
+                    "NOT restored"
+                }
+            );
+        }
+        if self.mode == "sampled" {
+            let mut live: Vec<&AllocSite> = self
+                .alloc_sites
+                .iter()
+                .filter(|s| s.live_bytes > Some(0))
+                .collect();
+            live.sort_by_key(|s| std::cmp::Reverse(s.live_bytes));
+            let _ = writeln!(out, "\nin use now (estimated):");
+            let _ = writeln!(
+                out,
+                "{:>10} {:>9} {:>10} {:>10} {:>7} {:>11}  site",
+                "live", "objects", "life p50", "life p99", "cycles", "growth/s"
+            );
+            for site in live.into_iter().take(top) {
+                let lifetimes = site.lifetime_ms.clone().unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "  {}{} {}",
-                    if frame.inlined { "[inlined] " } else { "" },
-                    frame.function,
-                    location(&frame.file, frame.line)
+                    "{:>10} {:>9} {:>10} {:>10} {:>7} {:>11}  {} {}",
+                    human_bytes(site.live_bytes.unwrap_or(0) as f64),
+                    human_count(site.live_objects.unwrap_or(0) as f64),
+                    if lifetimes.count > 0 {
+                        format!("{}ms", lifetimes.p50)
+                    } else {
+                        "-".into()
+                    },
+                    if lifetimes.count > 0 {
+                        format!("{}ms", lifetimes.p99)
+                    } else {
+                        "-".into()
+                    },
+                    site.max_gc_cycles_survived.unwrap_or(0),
+                    human_bytes(site.growth_bytes_per_s.unwrap_or(0.0)),
+                    site.function,
+                    location(&site.file, site.line)
                 );
             }
         }
+        match &self.leak_suspects {
+            Some(suspects) if suspects.is_empty() => {
+                let _ = writeln!(out, "\nleak suspects: none");
+            }
+            Some(suspects) => {
+                let _ = writeln!(out, "\nleak suspects (most suspicious first):");
+                for (rank, suspect) in suspects.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "  {}. {} {}: +{}/s, {} live in {} objects, oldest {:.0}s, survived {} GC cycles",
+                        rank + 1,
+                        suspect.function,
+                        location(&suspect.file, suspect.line),
+                        human_bytes(suspect.growth_bytes_per_s),
+                        human_bytes(suspect.live_bytes as f64),
+                        human_count(suspect.live_objects as f64),
+                        suspect.oldest_age_s,
+                        suspect.max_gc_cycles_survived,
+                    );
+                }
+                if let Some(top_suspect) = suspects.first() {
+                    let _ = writeln!(out, "\nstack of suspect 1 (innermost first):");
+                    write_stack(&mut out, &top_suspect.stack);
+                }
+            }
+            None => {
+                if let Some(site) = self.alloc_sites.first() {
+                    let _ = writeln!(out, "\nheaviest site, stack (innermost first):");
+                    write_stack(&mut out, &site.stack);
+                }
+            }
+        }
         out
+    }
+}
+
+fn write_stack(out: &mut String, stack: &[Frame]) {
+    for frame in stack {
+        let _ = writeln!(
+            out,
+            "  {}{} {}",
+            if frame.inlined { "[inlined] " } else { "" },
+            frame.function,
+            location(&frame.file, frame.line)
+        );
     }
 }
 
@@ -319,14 +568,16 @@ impl Report {
 pub fn loss_line(events: &Events) -> String {
     format!(
         "events: {} received, {} dropped (ring buffer full), {} stacks not captured, {} \
-         stacks truncated, {} failed reads, {} undecodable, {} unattributed",
+         stacks truncated, {} failed reads, {} undecodable, {} unattributed, {} deaths of \
+         objects sampled before attach",
         events.received,
         events.dropped,
         events.stack_failures,
         events.stack_truncated,
         events.read_failures,
         events.decode_errors,
-        events.unattributed
+        events.unattributed,
+        events.unmatched_frees
     )
 }
 

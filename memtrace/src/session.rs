@@ -15,11 +15,17 @@ use tokio::{
 };
 
 use crate::{
-    analysis::Analysis,
-    bpf::{AllocProbe, Tracer},
+    analysis::{Analysis, Sampling},
+    bpf::{Program, Tracer},
     error::{Error, Result},
-    probes::ProbePlan,
-    report::{human_bytes, human_count, loss_line, site_table, Report, ReportInput, TargetInfo},
+    events::Event,
+    memrate::{read_rate, RateOverride},
+    probes::{ProbePlan, ProbeSite},
+    report::{
+        human_bytes, human_count, location, loss_line, site_table, MemProfileRate, Report,
+        ReportInput, TargetInfo,
+    },
+    runtime::locate_mem_profile_rate,
     symbolize::Symbolizer,
     target::{HeldChild, Target},
 };
@@ -32,12 +38,25 @@ pub enum TargetSpec {
     Launch(Vec<OsString>),
 }
 
+/// How allocations are observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Ride on the Go runtime's heap profiler at `rate` bytes (written into the target's
+    /// `runtime.MemProfileRate` unless `read_only`) and track each sampled object to its death.
+    Sampled { rate: u64, read_only: bool },
+    /// Count every allocation in the kernel; sample stacks every `stack_sample_bytes`.
+    AllAllocs { stack_sample_bytes: u64 },
+    /// Benchmarks: no-op probes on the all-allocs sites.
+    ProbeFloor,
+}
+
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
     pub target: TargetSpec,
     pub duration: Option<Duration>,
-    pub stack_sample_bytes: u64,
-    pub alloc_probe: AllocProbe,
+    pub mode: Mode,
+    /// Keep every paired death (for `--lifetimes`).
+    pub keep_deaths: bool,
     /// Redraw the live view on stderr (only when stderr is a terminal).
     pub live: bool,
     pub live_interval: Duration,
@@ -79,6 +98,7 @@ impl TargetExit {
 
 pub struct SessionOutcome {
     pub report: Report,
+    pub analysis: Analysis,
     /// Launch mode: how the target exited.
     pub target_exit: Option<TargetExit>,
 }
@@ -95,7 +115,11 @@ fn monotonic_ns() -> u64 {
 
 /// The BPF-side configuration of a target. `load_bias` relocates the addresses of runtime
 /// globals (PIE); `None` while it is not known yet, which leaves the GC globals unread.
-fn target_config(target: &Target, load_bias: Option<u64>, stack_sample_bytes: u64) -> TargetConfig {
+fn target_config(target: &Target, load_bias: Option<u64>, mode: Mode) -> TargetConfig {
+    let stack_sample_bytes = match mode {
+        Mode::AllAllocs { stack_sample_bytes } => stack_sample_bytes,
+        Mode::Sampled { .. } | Mode::ProbeFloor => 512 * 1024,
+    };
     let layout = &target.layout;
     let binary = &target.binary;
     let mut config = TargetConfig {
@@ -110,6 +134,8 @@ fn target_config(target: &Target, load_bias: Option<u64>, stack_sample_bytes: u6
         m_p: layout.m_p,
         p_mcache: layout.p_mcache,
         mcache_tiny: layout.mcache_tiny,
+        special_kind: layout.special_kind,
+        profile_special_kind: layout.profile_special_kind,
         flags: flags::TINY_STATE,
         ..TargetConfig::default()
     };
@@ -182,11 +208,19 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
     // A launched PIE binary is not mapped yet, so its load bias is not known before exec.
     let bias_known = held_child.is_none() || !target.binary.is_pie();
     let early_bias = bias_known.then(|| target.load_bias_within(Duration::from_secs(1)));
-    tracer.add_target(
-        target.pid,
-        target_config(&target, early_bias, options.stack_sample_bytes),
+    tracer.add_target(target.pid, target_config(&target, early_bias, options.mode))?;
+    attach_probes(
+        &mut tracer,
+        &plan,
+        &target,
+        options.mode,
+        held_child.is_some(),
     )?;
-    tracer.attach(&plan, &target.attach_path, target.pid, options.alloc_probe)?;
+    let mut rate = RateControl::new(&target, options.mode)?;
+    if held_child.is_none() {
+        // A running process: sample from now on. (Launch mode waits for runtime.main.)
+        rate.apply(&target, early_bias.unwrap_or(0))?;
+    }
     let ring = tracer.take_ring_buffer()?;
     let start_ns = monotonic_ns();
     let started = Instant::now();
@@ -194,10 +228,8 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
         child.release()?;
         if !bias_known {
             let bias = target.load_bias_within(Duration::from_secs(1));
-            tracer.set_target_config(
-                target.pid,
-                target_config(&target, Some(bias), options.stack_sample_bytes),
-            )?;
+            tracer
+                .set_target_config(target.pid, target_config(&target, Some(bias), options.mode))?;
         }
     }
     let watch = pidfd_open(target.pid)?;
@@ -207,8 +239,11 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
         .build()
         .map_err(|e| Error::io("starting the event loop", e))?;
     let symbolizer = Symbolizer::new(target.binary.clone(), target.symbol_path());
-    let mut analysis = Analysis::new(symbolizer, options.stack_sample_bytes.max(1));
-    let mut target_exit = runtime.block_on(event_loop(
+    let mut analysis = Analysis::new(symbolizer, rate.sampling(options.mode));
+    if options.keep_deaths {
+        analysis.keep_deaths();
+    }
+    let loop_result = runtime.block_on(event_loop(
         &options,
         &mut tracer,
         &target,
@@ -216,8 +251,12 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
         watch,
         held_child.is_some(),
         &mut analysis,
+        &mut rate,
         start_ns,
-    ))?;
+    ));
+    // Whatever happened, the target gets its own rate back before memtrace goes.
+    let mem_profile_rate = rate.finish();
+    let mut target_exit = loop_result?;
     let duration_s = started.elapsed().as_secs_f64();
     let stats = tracer.stats(target.pid)?;
     let global_counters = tracer.global_counters()?;
@@ -236,6 +275,7 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
         global_counters: &global_counters,
         analysis: &analysis,
         start_ts_ns: start_ns,
+        mem_profile_rate,
     });
     if let (Some(child), None) = (&held_child, target_exit) {
         // Stopped by --duration: the report is final, but memtrace still exits with the
@@ -249,6 +289,7 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
     }
     Ok(SessionOutcome {
         report,
+        analysis,
         target_exit,
     })
 }
@@ -262,6 +303,7 @@ async fn event_loop(
     watch: OwnedFd,
     launched: bool,
     analysis: &mut Analysis,
+    rate: &mut RateControl,
     start_ns: u64,
 ) -> Result<Option<TargetExit>> {
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring buffer.
@@ -293,10 +335,16 @@ async fn event_loop(
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::io("reading the ring buffer", e))?;
                 let bias = load_bias();
+                let mut runtime_ready = false;
                 while let Some(record) = guard.get_inner_mut().next() {
-                    analysis.record(&record, bias);
+                    runtime_ready |= matches!(analysis.record(&record, bias), Some(Event::RuntimeReady { .. }));
                 }
                 guard.clear_ready();
+                if runtime_ready {
+                    // schedinit is done: a rate written now stays.
+                    rate.apply(target, bias)?;
+                    analysis.set_sampling(rate.sampling(options.mode));
+                }
             }
             guard = async { logger.as_mut().expect("guarded by the branch condition").readable_mut().await }, if logger.is_some() => {
                 if let Ok(mut guard) = guard {
@@ -340,7 +388,8 @@ async fn event_loop(
             }
         }
     }
-    // No more events after this; then read what is still queued.
+    // The target's own rate back first, then no more events; then read what is queued.
+    rate.restore();
     tracer.detach_all();
     let bias = load_bias();
     while let Some(record) = ring.get_mut().next() {
@@ -350,6 +399,150 @@ async fn event_loop(
         live_view.clear();
     }
     Ok(target_exit)
+}
+
+/// Attaches what `mode` needs.
+fn attach_probes(
+    tracer: &mut Tracer,
+    plan: &ProbePlan,
+    target: &Target,
+    mode: Mode,
+    launched: bool,
+) -> Result<()> {
+    let (path, pid) = (target.attach_path.as_path(), target.pid);
+    let all: Vec<&ProbeSite> = plan.alloc.iter().collect();
+    match mode {
+        Mode::AllAllocs { .. } => tracer.attach(Program::AllocEntry, &all, path, pid)?,
+        Mode::ProbeFloor => tracer.attach(Program::AllocFloor, &all, path, pid)?,
+        Mode::Sampled { .. } => {
+            let missing = |what: &str| Error::MissingRuntimeFunction {
+                path: target.exe.clone(),
+                function: what.into(),
+            };
+            let alloc = plan
+                .object_alloc
+                .as_ref()
+                .ok_or_else(|| missing("runtime.profilealloc"))?;
+            let free = plan
+                .object_free
+                .as_ref()
+                .ok_or_else(|| missing("runtime.freeSpecial"))?;
+            tracer.attach(Program::ObjectAlloc, &[alloc], path, pid)?;
+            tracer.attach(Program::ObjectFree, &[free], path, pid)?;
+            if launched {
+                let main = plan
+                    .runtime_ready
+                    .as_ref()
+                    .ok_or_else(|| missing("runtime.main"))?;
+                tracer.attach(Program::RuntimeReady, &[main], path, pid)?;
+            }
+        }
+    }
+    if let Some(gc) = &plan.gc_cycle {
+        tracer.attach(Program::GcCycle, &[gc], path, pid)?;
+    }
+    Ok(())
+}
+
+/// The target's `runtime.MemProfileRate` in sampled mode: where it is, what memtrace wrote,
+/// and putting it back.
+struct RateControl {
+    /// Link-time address of `runtime.MemProfileRate` (sampled mode only).
+    symbol: Option<u64>,
+    wanted: Option<i64>,
+    /// The rate samples are taken at, once known.
+    effective: Option<u64>,
+    original: Option<i64>,
+    applied: Option<RateOverride>,
+    restored: bool,
+}
+
+impl RateControl {
+    fn new(target: &Target, mode: Mode) -> Result<RateControl> {
+        let Mode::Sampled { rate, read_only } = mode else {
+            return Ok(RateControl {
+                symbol: None,
+                wanted: None,
+                effective: None,
+                original: None,
+                applied: None,
+                restored: true,
+            });
+        };
+        let symbol = locate_mem_profile_rate(&target.binary).ok_or_else(|| {
+            Error::MissingRuntimeFunction {
+                path: target.exe.clone(),
+                function: "runtime.MemProfileRate (not found; use --all-allocs)".into(),
+            }
+        })?;
+        Ok(RateControl {
+            symbol: Some(symbol),
+            wanted: (!read_only).then_some(rate.min(i64::MAX as u64) as i64),
+            effective: None,
+            original: None,
+            applied: None,
+            restored: false,
+        })
+    }
+
+    /// Reads the rate and writes ours (unless read-only). Called once the runtime is up.
+    fn apply(&mut self, target: &Target, bias: u64) -> Result<()> {
+        let Some(symbol) = self.symbol else {
+            return Ok(());
+        };
+        if self.original.is_some() {
+            return Ok(());
+        }
+        let addr = symbol.wrapping_add(bias);
+        let current = read_rate(target.pid, addr)?;
+        self.original = Some(current);
+        match self.wanted {
+            Some(wanted) if wanted != current => {
+                self.applied = Some(RateOverride::apply(target.pid, addr, wanted)?);
+                self.effective = Some(wanted as u64);
+            }
+            Some(_) => self.effective = Some(current as u64),
+            None if current > 0 => self.effective = Some(current as u64),
+            None => {
+                return Err(Error::NotSampling(target.pid));
+            }
+        }
+        Ok(())
+    }
+
+    fn sampling(&self, mode: Mode) -> Sampling {
+        match mode {
+            Mode::AllAllocs { stack_sample_bytes } => Sampling::AllAllocs {
+                interval_bytes: stack_sample_bytes.max(1),
+            },
+            Mode::ProbeFloor => Sampling::AllAllocs { interval_bytes: 1 },
+            Mode::Sampled { rate, .. } => Sampling::HeapProfiler {
+                rate_bytes: self.effective.unwrap_or(rate).max(1),
+            },
+        }
+    }
+
+    fn restore(&mut self) {
+        if let Some(applied) = self.applied.as_mut() {
+            self.restored = applied.restore();
+        } else {
+            self.restored = true;
+        }
+    }
+
+    /// Restores (if not done yet) and says what happened, for the report.
+    fn finish(&mut self) -> Option<MemProfileRate> {
+        self.restore();
+        let original = self.original?;
+        Some(MemProfileRate {
+            original,
+            written: self
+                .applied
+                .as_ref()
+                .map(|_| self.wanted.unwrap_or(original)),
+            restored: self.restored,
+        })
+    }
 }
 
 fn forward_signal(launched: bool, pid: u32, signal: i32) {
@@ -425,31 +618,62 @@ impl LiveView {
             stats.gc_cycles,
         );
         let events = crate::report::Events {
-            received: analysis.samples_received + analysis.gc_cycles.len() as u64,
+            received: analysis.records_received,
             dropped: stats.ringbuf_drops,
             stack_failures: stats.stack_failures,
             stack_truncated: stats.stack_truncated,
             read_failures: stats.read_failures,
             decode_errors: analysis.decode_errors,
+            unmatched_frees: analysis.unmatched_frees,
             ..Default::default()
         };
         text.push_str(&loss_line(&events));
         text.push('\n');
-        let sites: Vec<_> = window
+        if matches!(options.mode, Mode::Sampled { .. }) {
+            let suspects = analysis.leak_suspects(&analysis.live_summaries());
+            let names: Vec<String> = suspects
+                .iter()
+                .take(3)
+                .map(|verdict| {
+                    let site = &analysis.sites()[verdict.site as usize];
+                    format!(
+                        "{} {} (+{}/s)",
+                        site.key.function,
+                        location(&site.key.file, site.key.line),
+                        human_bytes(verdict.growth_bytes_per_s)
+                    )
+                })
+                .collect();
+            text.push_str(&format!(
+                "leak suspects: {}  | tracking {} live sampled objects\n",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                },
+                analysis.live_tracked()
+            ));
+        }
+        let sites = analysis.sites();
+        let table: Vec<_> = window
             .iter()
             .filter(|(_, objects, _)| *objects > 0.0)
             .take(options.top)
-            .filter_map(|(key, objects, bytes)| {
-                let site = analysis.site(key)?;
-                let size = crate::report::SizeDistribution::of(&site.sizes);
-                Some((key.clone(), bytes / elapsed, objects / elapsed, size))
+            .map(|&(id, objects, bytes)| {
+                let site = &sites[id as usize];
+                (
+                    site,
+                    bytes / elapsed,
+                    objects / elapsed,
+                    crate::report::SizeDistribution::of(&site.sizes),
+                )
             })
             .collect();
-        text.push_str(&site_table(sites.iter().map(|(key, b, o, size)| {
+        text.push_str(&site_table(table.iter().map(|(site, b, o, size)| {
             (
-                key.function.as_str(),
-                key.file.as_str(),
-                key.line,
+                site.key.function.as_str(),
+                site.key.file.as_str(),
+                site.key.line,
                 *b,
                 *o,
                 Some(size),
@@ -457,7 +681,7 @@ impl LiveView {
         })));
 
         // The panel: the header lines plus `top` sites, at most half the terminal.
-        let height = ((options.top + 3) as u16).min(rows / 2).max(3);
+        let height = ((options.top + 4) as u16).min(rows / 2).max(3);
         let mut out = String::new();
         match self.panel {
             Some((panel_rows, panel_height)) if panel_rows == rows && panel_height == height => {}

@@ -32,6 +32,10 @@ pub struct RuntimeLayout {
     pub gc_controller_heap_goal: u64,
     /// Whether pointerful objects over 512 B get an 8-byte malloc header (allocheaders).
     pub malloc_headers: bool,
+    /// `special.kind` (u8)
+    pub special_kind: u32,
+    /// `_KindSpecialProfile`
+    pub profile_special_kind: u32,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +144,96 @@ mod tests {
             assert!(
                 CLASS_TO_SIZE[class - 1] < size,
                 "size {size} not the smallest class"
+            );
+        }
+    }
+}
+
+/// `runtime.MemProfileRate`'s initial value (`512 * 1024`), as stored in the binary.
+const MEM_PROFILE_RATE_INITIAL: u64 = 512 * 1024;
+
+/// Functions that read `runtime.MemProfileRate` directly in every supported version.
+const MEM_PROFILE_RATE_READERS: [&str; 4] = [
+    "runtime.profilealloc",
+    "runtime.mallocgc",
+    "runtime.mallocgcSmallNoscan",
+    "runtime.mallocgcSmallScanNoHeader",
+];
+
+/// Link-time address of `runtime.MemProfileRate`: from `.symtab`, or, in stripped binaries
+/// (data symbols are not in `.gopclntab`), by finding the 8-byte RIP-relative load in the
+/// allocator that reads a variable whose initial value in the file is 512 KiB.
+pub fn locate_mem_profile_rate(binary: &crate::binary::GoBinary) -> Option<u64> {
+    binary
+        .data_symbol("runtime.MemProfileRate")
+        .or_else(|| mem_profile_rate_from_code(binary))
+}
+
+fn mem_profile_rate_from_code(binary: &crate::binary::GoBinary) -> Option<u64> {
+    let initial_value = |vaddr: u64| {
+        let offset = usize::try_from(binary.file_offset(vaddr)?).ok()?;
+        let bytes = binary.bytes().get(offset..offset.checked_add(8)?)?;
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    };
+    let mut candidates: Vec<u64> = Vec::new();
+    for function in MEM_PROFILE_RATE_READERS
+        .iter()
+        .filter_map(|name| binary.function(name))
+    {
+        let Ok(code) = binary.code(&function) else {
+            continue;
+        };
+        let mut decoder =
+            iced_x86::Decoder::with_ip(64, code, function.addr, iced_x86::DecoderOptions::NONE);
+        while decoder.can_decode() {
+            let instruction = decoder.decode();
+            if instruction.is_ip_rel_memory_operand()
+                && instruction.memory_size().size() == 8
+                && initial_value(instruction.ip_rel_memory_address())
+                    == Some(MEM_PROFILE_RATE_INITIAL)
+            {
+                candidates.push(instruction.ip_rel_memory_address());
+            }
+        }
+    }
+    // Every reader must agree on one variable.
+    candidates.sort_unstable();
+    candidates.dedup();
+    match candidates.as_slice() {
+        [addr] => Some(*addr),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod locate_tests {
+    use memtrace_tests::fixtures::{go_program, Variant, GO_VERSIONS};
+
+    use super::*;
+    use crate::binary::GoBinary;
+
+    #[test]
+    fn finds_mem_profile_rate_without_symbols() {
+        for version in GO_VERSIONS {
+            // Where .symtab exists, the code-based search must find the symbol's address.
+            for variant in [Variant::Default, Variant::Pie] {
+                let binary = GoBinary::open(&go_program("idle", version, variant)).unwrap();
+                let symbol = binary.data_symbol("runtime.MemProfileRate");
+                assert!(symbol.is_some(), "{version} {}", variant.name());
+                assert_eq!(
+                    mem_profile_rate_from_code(&binary),
+                    symbol,
+                    "{version} {}",
+                    variant.name()
+                );
+            }
+            // Stripping moves data, so only the search itself can be checked here; the
+            // end-to-end tests check that sampling really starts on stripped builds.
+            let stripped = GoBinary::open(&go_program("idle", version, Variant::Stripped)).unwrap();
+            assert!(stripped.data_symbol("runtime.MemProfileRate").is_none());
+            assert!(
+                locate_mem_profile_rate(&stripped).is_some(),
+                "{version} stripped"
             );
         }
     }

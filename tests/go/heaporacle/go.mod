@@ -1,0 +1,3 @@
+module heaporacle
+
+go 1.21

@@ -1,0 +1,3 @@
+module weakdeath
+
+go 1.21
