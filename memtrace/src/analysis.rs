@@ -154,6 +154,8 @@ pub struct Analysis {
     /// `runtime.main` started (launch mode), at this timestamp.
     pub runtime_ready: Option<u64>,
     deaths: Option<Vec<Death>>,
+    /// When the first object sampled by the heap profiler arrived (CLOCK_MONOTONIC ns).
+    pub first_object_ns: Option<u64>,
 }
 
 /// Probability that the sampler picks an allocation of `size` bytes when it samples on
@@ -216,6 +218,7 @@ impl Analysis {
             replaced_objects: 0,
             runtime_ready: None,
             deaths: None,
+            first_object_ns: None,
         }
     }
 
@@ -380,6 +383,7 @@ impl Analysis {
     }
 
     fn object_alloc(&mut self, alloc: &AllocEvent, load_bias: u64) {
+        self.first_object_ns.get_or_insert(alloc.ts_ns);
         let (site_id, weight) = self.sample(alloc, load_bias);
         let site = &mut self.sites[site_id as usize];
         site.live_samples += 1;

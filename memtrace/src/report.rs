@@ -152,6 +152,10 @@ pub struct Events {
 pub struct Sampling {
     /// Mean bytes between samples.
     pub interval_bytes: u64,
+    /// Sampled mode: seconds from attaching (launch mode: from starting the program) to the
+    /// first object the heap profiler sampled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_sample_after_s: Option<f64>,
     pub note: String,
 }
 
@@ -419,6 +423,9 @@ impl Report {
             },
             sampling: Sampling {
                 interval_bytes: interval,
+                first_sample_after_s: analysis
+                    .first_object_ns
+                    .map(|ts| ts.saturating_sub(start_ts_ns) as f64 / 1e9),
                 note,
             },
             alloc_sites,

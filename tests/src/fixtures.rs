@@ -19,7 +19,17 @@ pub use go_build::{build_go_program, configure_offline_go_env};
 pub const GO_VERSIONS: &[&str] = &["1.21.13", "1.22.10", "1.24.11", "1.26.6", "1.27.3"];
 
 /// The Go test programs in `tests/go/`, one directory (a `main` package) each.
-pub const GO_PROGRAMS: &[&str] = &["allocs", "bench", "demo", "idle", "stress", "symtest"];
+pub const GO_PROGRAMS: &[&str] = &[
+    "allocs",
+    "bench",
+    "demo",
+    "idle",
+    "stress",
+    "symtest",
+    "leaks",
+    "heaporacle",
+    "weakdeath",
+];
 
 /// How a Go test program is linked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -10,6 +10,12 @@
 //! - `all-allocs`: `memtrace --all-allocs --no-live`, every allocation recorded.
 //!
 //! The table shows medians over the rounds. A case that fails is reported and dropped.
+//!
+//! Then the default sampled mode (`memtrace --no-live`: the runtime's heap profiler at
+//! 512 KiB, objects tracked to their death) against untraced, interleaved, on a run long
+//! enough (`--sampled-allocs`) to show a 1% difference; and the userspace tracking speed and
+//! memory per tracked object, replaying synthetic records through the analysis
+//! (`memtrace/examples/analysis_throughput.rs`).
 
 use std::{
     fmt::Write as _,
@@ -40,6 +46,9 @@ pub struct Options {
     /// The Go version to build the program with.
     #[arg(long, default_value = "1.26.6")]
     go: String,
+    /// Allocations per run for the sampled-mode comparison.
+    #[arg(long, default_value_t = 60_000_000)]
+    sampled_allocs: u32,
 }
 
 struct Case {
@@ -98,7 +107,7 @@ pub fn run(options: &Options) -> Result<ExitCode> {
     for round in 1..=options.rounds {
         for (case, result) in CASES.iter().zip(&mut results) {
             let Ok(measurements) = result else { continue };
-            let mut command = case_command(case, &memtrace, &program, options);
+            let mut command = case_command(case, &memtrace, &program, options.allocs, options);
             match measure(&mut command) {
                 Ok(measurement) => {
                     println!(
@@ -119,14 +128,105 @@ pub fn run(options: &Options) -> Result<ExitCode> {
         }
     }
     print!("{}", report(&results, options));
-    Ok(if results[UNTRACED].is_ok() {
+    let sampled_ok = sampled_mode(&memtrace, &program, options)?;
+    analysis_throughput(&program)?;
+    Ok(if results[UNTRACED].is_ok() && sampled_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-fn case_command(case: &Case, memtrace: &Path, program: &Path, options: &Options) -> Command {
+/// Untraced against the default sampled mode, on a long run; prints the medians and ratio.
+fn sampled_mode(memtrace: &Path, program: &Path, options: &Options) -> Result<bool> {
+    let cases = [
+        Case {
+            name: "untraced",
+            memtrace_args: None,
+        },
+        Case {
+            name: "sampled",
+            memtrace_args: Some(&["--no-live"]),
+        },
+    ];
+    let mut runs: [Vec<Measurement>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=options.rounds {
+        for (case, runs) in cases.iter().zip(&mut runs) {
+            let mut command =
+                case_command(case, memtrace, program, options.sampled_allocs, options);
+            match measure(&mut command) {
+                Ok(measurement) => {
+                    println!(
+                        "bench: round {round}/{}: {:<12} elapsed {:>10}  wall {:>10}  CPU {:>10}",
+                        options.rounds,
+                        case.name,
+                        format_ns(measurement.elapsed),
+                        format_ns(measurement.wall),
+                        format_ns(measurement.cpu),
+                    );
+                    runs.push(measurement);
+                }
+                Err(error) => {
+                    println!("bench: {}: FAILED: {error:#}", case.name);
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    let ratios: Vec<f64> = runs[1]
+        .iter()
+        .zip(&runs[0])
+        .map(|(s, u)| s.elapsed / u.elapsed)
+        .collect();
+    let (Some(untraced), Some(sampled), Some(ratio)) = (
+        median_measurement(&runs[0]),
+        median_measurement(&runs[1]),
+        median(ratios.iter().copied()),
+    ) else {
+        return Ok(false);
+    };
+    println!(
+        "\nsampled mode (default, MemProfileRate 512 KiB), bench {} allocations, medians of {} rounds:\n\
+         untraced {} / sampled {}: elapsed ratio {:.4}x (median of per-round ratios {:.4}x), CPU ratio {:.4}x",
+        options.sampled_allocs,
+        options.rounds,
+        format_ns(untraced.elapsed),
+        format_ns(sampled.elapsed),
+        sampled.elapsed / untraced.elapsed,
+        ratio,
+        sampled.cpu / untraced.cpu,
+    );
+    Ok(true)
+}
+
+/// Runs the replay example and passes its output through.
+fn analysis_throughput(program: &Path) -> Result<()> {
+    println!("\nuserspace tracking (synthetic records, one core):");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "memtrace",
+            "--example",
+            "analysis_throughput",
+            "--",
+        ])
+        .arg(program)
+        .status()
+        .context("running the analysis_throughput example")?;
+    ensure!(status.success(), "analysis_throughput failed: {status}");
+    Ok(())
+}
+
+fn case_command(
+    case: &Case,
+    memtrace: &Path,
+    program: &Path,
+    allocs: u32,
+    options: &Options,
+) -> Command {
     let mut command = match case.memtrace_args {
         None => Command::new(program),
         Some(memtrace_args) => {
@@ -136,7 +236,7 @@ fn case_command(case: &Case, memtrace: &Path, program: &Path, options: &Options)
         }
     };
     command
-        .arg(options.allocs.to_string())
+        .arg(allocs.to_string())
         .arg(options.goroutines.to_string());
     command
 }
