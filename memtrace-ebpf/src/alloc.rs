@@ -17,7 +17,7 @@ use memtrace_common::{
 };
 
 use crate::{
-    maps::{EVENTS, EXP_TABLE, SIZE_TO_CLASS},
+    maps::{submit_flags, EVENTS, EXP_TABLE, SIZE_TO_CLASS},
     stack::fill_header_and_stack,
     target::{current, read},
 };
@@ -211,5 +211,5 @@ fn send_sample(
         (*sample).class = size_class;
         fill_header_and_stack(ctx, sample, tag::ALLOC_SAMPLE, tgid, stats);
     }
-    record.submit(0);
+    record.submit(submit_flags());
 }

@@ -6,7 +6,7 @@ use aya_log_ebpf::debug;
 use memtrace_common::{flags, tag, GcCycle};
 
 use crate::{
-    maps::EVENTS,
+    maps::{submit_flags, EVENTS},
     target::{current, read},
 };
 
@@ -33,7 +33,7 @@ pub fn gc_cycle(ctx: ProbeContext) -> u32 {
     cycle.header.tgid = tgid;
     // SAFETY: no preconditions.
     cycle.header.ts_ns = unsafe { bpf_ktime_get_ns() };
-    if EVENTS.output::<GcCycle>(&cycle, 0).is_err() {
+    if EVENTS.output::<GcCycle>(&cycle, submit_flags()).is_err() {
         stats.ringbuf_drops += 1;
     }
     // Rare (once per cycle), so cheap enough to offer as a `-vv` diagnostic.

@@ -1,6 +1,7 @@
 //! The maps shared by all probes.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -37,6 +38,21 @@ pub static EXP_TABLE: Array<u64> = Array::with_max_entries(EXP_TABLE_ENTRIES, 0)
 /// The one ring buffer; sized by userspace at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(0, 0);
+
+/// Pending bytes in `EVENTS` above which a submit wakes userspace up. Below it, records are
+/// submitted without a wakeup and userspace drains them on its own timer: a wakeup per record
+/// would preempt the traced program's threads thousands of times a second.
+const WAKEUP_BYTES: u64 = 1 << 20;
+
+/// Flags for submitting a record to `EVENTS`.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
 
 /// Bumps a global loss counter.
 #[inline(always)]

@@ -7,7 +7,7 @@ use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use memtrace_common::{class, tag, AllocSample};
 
 use crate::{
-    maps::EVENTS,
+    maps::{submit_flags, EVENTS},
     stack::fill_header_and_stack,
     target::{current, read},
 };
@@ -39,6 +39,6 @@ pub fn object_alloc(ctx: ProbeContext) -> u32 {
         (*sample).class = class::PROFILED;
         fill_header_and_stack(&ctx, sample, tag::OBJECT_ALLOC, tgid, stats);
     }
-    record.submit(0);
+    record.submit(submit_flags());
     0
 }

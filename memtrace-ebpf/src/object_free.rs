@@ -6,7 +6,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::uprobe, programs::ProbeContext
 use memtrace_common::{tag, ObjectFree};
 
 use crate::{
-    maps::EVENTS,
+    maps::{submit_flags, EVENTS},
     target::{current, read},
 };
 
@@ -36,7 +36,7 @@ pub fn object_free(ctx: ProbeContext) -> u32 {
         ptr,
         size,
     };
-    if EVENTS.output::<ObjectFree>(&free, 0).is_err() {
+    if EVENTS.output::<ObjectFree>(&free, submit_flags()).is_err() {
         stats.ringbuf_drops += 1;
     }
     0

@@ -1,7 +1,11 @@
 //! `runtime_ready`: on `runtime.main`, which starts once `schedinit` is done. Launch mode
-//! waits for it before writing `MemProfileRate`, which `schedinit` would otherwise reset.
+//! waits for it before writing `MemProfileRate`, which `schedinit` would otherwise reset, so
+//! this one record wakes userspace up at once.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{
+    bindings::BPF_RB_FORCE_WAKEUP, helpers::bpf_ktime_get_ns, macros::uprobe,
+    programs::ProbeContext,
+};
 use memtrace_common::{tag, RecordHeader};
 
 use crate::{maps::EVENTS, target::current};
@@ -17,7 +21,10 @@ pub fn runtime_ready(_ctx: ProbeContext) -> u32 {
         // SAFETY: no preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
-    if EVENTS.output::<RecordHeader>(&header, 0).is_err() {
+    if EVENTS
+        .output::<RecordHeader>(&header, BPF_RB_FORCE_WAKEUP as u64)
+        .is_err()
+    {
         stats.ringbuf_drops += 1;
     }
     0

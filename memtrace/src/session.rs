@@ -323,28 +323,25 @@ async fn event_loop(
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM", e))?;
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP", e))?;
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
+    // The probes wake us up only when a lot is pending (see memtrace-ebpf's `submit_flags`);
+    // otherwise the queue is drained on this timer.
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut tick = tokio::time::interval(options.live_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let live = options.live && std::io::stderr().is_terminal();
     let mut live_view = LiveView::default();
-    let load_bias = || target.load_bias();
 
     let mut target_exit = None;
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::io("reading the ring buffer", e))?;
-                let bias = load_bias();
-                let mut runtime_ready = false;
-                while let Some(record) = guard.get_inner_mut().next() {
-                    runtime_ready |= matches!(analysis.record(&record, bias), Some(Event::RuntimeReady { .. }));
-                }
                 guard.clear_ready();
-                if runtime_ready {
-                    // schedinit is done: a rate written now stays.
-                    rate.apply(target, bias)?;
-                    analysis.set_sampling(rate.sampling(options.mode));
-                }
+                drain(guard.get_inner_mut(), analysis, rate, target, options.mode)?;
+            }
+            _ = drain_tick.tick() => {
+                drain(ring.get_mut(), analysis, rate, target, options.mode)?;
             }
             guard = async { logger.as_mut().expect("guarded by the branch condition").readable_mut().await }, if logger.is_some() => {
                 if let Ok(mut guard) = guard {
@@ -391,14 +388,39 @@ async fn event_loop(
     // The target's own rate back first, then no more events; then read what is queued.
     rate.restore();
     tracer.detach_all();
-    let bias = load_bias();
-    while let Some(record) = ring.get_mut().next() {
-        analysis.record(&record, bias);
-    }
+    drain(ring.get_mut(), analysis, rate, target, options.mode)?;
     if live {
         live_view.clear();
     }
     Ok(target_exit)
+}
+
+/// How often queued records are read when the probes did not ask for a wakeup.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Reads every queued record into the analysis; writes the sampling rate once the runtime
+/// reports it is up.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    analysis: &mut Analysis,
+    rate: &mut RateControl,
+    target: &Target,
+    mode: Mode,
+) -> Result<()> {
+    let bias = target.load_bias();
+    let mut runtime_ready = false;
+    while let Some(record) = ring.next() {
+        runtime_ready |= matches!(
+            analysis.record(&record, bias),
+            Some(Event::RuntimeReady { .. })
+        );
+    }
+    if runtime_ready {
+        // schedinit is done: a rate written now stays.
+        rate.apply(target, bias)?;
+        analysis.set_sampling(rate.sampling(mode));
+    }
+    Ok(())
 }
 
 /// Attaches what `mode` needs.
@@ -455,6 +477,8 @@ struct RateControl {
     original: Option<i64>,
     applied: Option<RateOverride>,
     restored: bool,
+    /// The session is over: nothing more is written.
+    closed: bool,
 }
 
 impl RateControl {
@@ -467,6 +491,7 @@ impl RateControl {
                 original: None,
                 applied: None,
                 restored: true,
+                closed: false,
             });
         };
         let symbol = locate_mem_profile_rate(&target.binary).ok_or_else(|| {
@@ -482,6 +507,7 @@ impl RateControl {
             original: None,
             applied: None,
             restored: false,
+            closed: false,
         })
     }
 
@@ -490,7 +516,8 @@ impl RateControl {
         let Some(symbol) = self.symbol else {
             return Ok(());
         };
-        if self.original.is_some() {
+        // Once, and never after the session restored the rate.
+        if self.original.is_some() || self.closed {
             return Ok(());
         }
         let addr = symbol.wrapping_add(bias);
@@ -523,6 +550,7 @@ impl RateControl {
     }
 
     fn restore(&mut self) {
+        self.closed = true;
         if let Some(applied) = self.applied.as_mut() {
             self.restored = applied.restore();
         } else {

@@ -55,6 +55,8 @@ struct Case {
     name: &'static str,
     /// `None` runs the program directly, else under memtrace with these options.
     memtrace_args: Option<&'static [&'static str]>,
+    /// Environment for the program.
+    env: &'static [(&'static str, &'static str)],
 }
 
 const UNTRACED: usize = 0;
@@ -64,14 +66,17 @@ const CASES: [Case; 3] = [
     Case {
         name: "untraced",
         memtrace_args: None,
+        env: &[],
     },
     Case {
         name: "probe-floor",
         memtrace_args: Some(&["--probe-floor", "--no-live"]),
+        env: &[],
     },
     Case {
         name: "all-allocs",
         memtrace_args: Some(&["--all-allocs", "--no-live"]),
+        env: &[],
     },
 ];
 
@@ -143,13 +148,20 @@ fn sampled_mode(memtrace: &Path, program: &Path, options: &Options) -> Result<bo
         Case {
             name: "untraced",
             memtrace_args: None,
+            env: &[],
+        },
+        Case {
+            name: "profiler-on",
+            memtrace_args: None,
+            env: &[("BENCH_MEMPROFILERATE", "524288")],
         },
         Case {
             name: "sampled",
             memtrace_args: Some(&["--no-live"]),
+            env: &[],
         },
     ];
-    let mut runs: [Vec<Measurement>; 2] = [Vec::new(), Vec::new()];
+    let mut runs: [Vec<Measurement>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for round in 1..=options.rounds {
         for (case, runs) in cases.iter().zip(&mut runs) {
             let mut command =
@@ -228,7 +240,11 @@ fn case_command(
     options: &Options,
 ) -> Command {
     let mut command = match case.memtrace_args {
-        None => Command::new(program),
+        None => {
+            let mut command = Command::new(program);
+            command.envs(case.env.iter().copied());
+            command
+        }
         Some(memtrace_args) => {
             let mut command = Command::new(memtrace);
             command.args(memtrace_args).arg("--").arg(program);

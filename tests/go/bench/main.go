@@ -12,6 +12,9 @@
 //	                    to the last one finishing (so process start and tracer attach are
 //	                    excluded)
 //
+// With the environment variable BENCH_MEMPROFILERATE=R it sets runtime.MemProfileRate to R
+// first: the cost of the Go runtime's own heap profiler, without any tracer.
+//
 // It exits 0, or 1 if the runtime counted fewer heap allocations than ALLOCS.
 package main
 
@@ -64,6 +67,14 @@ func main() {
 	if len(os.Args) > 3 {
 		fmt.Fprintln(os.Stderr, "usage: bench [N [G]]")
 		os.Exit(2)
+	}
+	if rate := os.Getenv("BENCH_MEMPROFILERATE"); rate != "" {
+		r, err := strconv.Atoi(rate)
+		if err != nil || r < 0 {
+			fmt.Fprintf(os.Stderr, "bench: BENCH_MEMPROFILERATE must be a number of bytes, not %q\n", rate)
+			os.Exit(2)
+		}
+		runtime.MemProfileRate = r
 	}
 	total := positiveArg(1, 2000000)
 	goroutines := positiveArg(2, 2)
