@@ -21,10 +21,12 @@
 //	READY <pid>                  once, before the workload starts
 //	t=<s> pattern=<name> heap_alloc=<bytes> goroutines=<n> heap_live=<bytes> num_gc=<n>
 //	                             once per second, t = 1, 2, ...: runtime.MemStats.HeapAlloc,
-//	                             runtime.NumGoroutine(), the runtime/metrics value
-//	                             /gc/heap/live:bytes (the heap marked live by the last GC: a
-//	                             leak shows as its steady growth, without HeapAlloc's sawtooth)
-//	                             and runtime.MemStats.NumGC
+//	                             runtime.NumGoroutine() (2: main and os/signal's watcher), the
+//	                             runtime/metrics value /gc/heap/live:bytes (the heap marked
+//	                             live by the last GC: a leak shows as its steady growth,
+//	                             without HeapAlloc's sawtooth; it only changes at a GC, so it
+//	                             lags, e.g. by ~10 s after tableonce's build) and
+//	                             runtime.MemStats.NumGC
 //	DONE                         at the end (after D, or on SIGTERM or SIGINT); exit code 0
 //
 // The workload runs in ticks of 10 ms on the main goroutine (no other goroutines are started).
