@@ -79,6 +79,9 @@ pub struct LiveSummary {
     pub oldest_age_s: f64,
     /// Most GC cycles a live sampled object has survived.
     pub max_cycles_survived: u64,
+    /// Live sampled objects allocated in the first and in the second half of the events seen.
+    pub first_half: u64,
+    pub second_half: u64,
 }
 
 /// Why a site is a leak suspect.
@@ -99,9 +102,12 @@ pub mod leak_rule {
     pub const MIN_SNAPSHOTS: usize = 4;
     /// R² of the linear fit of live bytes over time.
     pub const MIN_STEADINESS: f64 = 0.6;
-    /// The later half of the window must still grow at this fraction of the overall rate
-    /// (a cache that filled up and a table built once stop growing).
-    pub const MIN_RECENT_GROWTH: f64 = 0.5;
+    /// The oldest live object must be at least this old, as a fraction of the window: leaked
+    /// objects never die, while a full bounded cache keeps only recent ones.
+    pub const MIN_OLDEST_AGE: f64 = 0.5;
+    /// Of the live objects, at least this fraction must have been allocated in the later half
+    /// of the window: the site keeps adding survivors (a table built once does not).
+    pub const MIN_RECENT_SURVIVORS: f64 = 0.2;
     /// Live objects must have survived at least this many GC cycles. Churn reaches 2: an
     /// object allocated while cycle N marks is still counted live until sweep N+1 frees it.
     pub const MIN_CYCLES_SURVIVED: u64 = 3;
@@ -462,12 +468,18 @@ impl Analysis {
         self.live.len()
     }
 
-    /// Oldest age and most cycles survived of each site's live objects, indexed by site.
+    /// Oldest age, most cycles survived and allocation halves of each site's live objects,
+    /// indexed by site.
     pub fn live_summaries(&self) -> Vec<LiveSummary> {
         let now_ms = self.seconds(self.last_ns) * 1000.0;
         let mut summaries = vec![LiveSummary::default(); self.sites.len()];
         for object in self.live.values() {
             let summary = &mut summaries[object.site as usize];
+            if (object.at_ms as f64) < now_ms / 2.0 {
+                summary.first_half += 1;
+            } else {
+                summary.second_half += 1;
+            }
             let age_s = (now_ms - object.at_ms as f64).max(0.0) / 1000.0;
             summary.oldest_age_s = summary.oldest_age_s.max(age_s);
             summary.max_cycles_survived = summary
@@ -486,9 +498,10 @@ impl Analysis {
     /// most suspicious first. The rule, in `leak_rule`:
     /// - at least `MIN_SNAPSHOTS` GC cycles observed with the site's objects live;
     /// - live bytes grow (positive least-squares slope) steadily (R² ≥ `MIN_STEADINESS`);
-    /// - the later half of the snapshots still grows at ≥ `MIN_RECENT_GROWTH` of that slope;
     /// - the growth over the window exceeds `MIN_GROWTH_INTERVALS` sampling intervals;
-    /// - some live object has survived ≥ `MIN_CYCLES_SURVIVED` cycles.
+    /// - some live object has survived ≥ `MIN_CYCLES_SURVIVED` cycles, and the oldest is at
+    ///   least `MIN_OLDEST_AGE` of the window old;
+    /// - at least `MIN_RECENT_SURVIVORS` of the live objects come from the later half.
     ///
     /// Score: growth rate × steadiness, so a fast steady leak ranks first.
     pub fn leak_suspects(&self, summaries: &[LiveSummary]) -> Vec<LeakVerdict> {
@@ -502,15 +515,17 @@ impl Analysis {
                     return None;
                 }
                 let (slope, r2) = linear_fit(points)?;
-                let (recent_slope, _) = linear_fit(&points[points.len() / 2..])?;
                 let span = points.last()?.0 - points.first()?.0;
+                let window = self.span_s();
                 let live = summaries.get(id).copied().unwrap_or_default();
+                let live_count = (live.first_half + live.second_half).max(1) as f64;
                 let suspicious = slope > 0.0
                     && r2 >= leak_rule::MIN_STEADINESS
-                    && recent_slope >= leak_rule::MIN_RECENT_GROWTH * slope
                     && slope * span
                         >= leak_rule::MIN_GROWTH_INTERVALS * self.sample_interval_bytes() as f64
-                    && live.max_cycles_survived >= leak_rule::MIN_CYCLES_SURVIVED;
+                    && live.max_cycles_survived >= leak_rule::MIN_CYCLES_SURVIVED
+                    && live.oldest_age_s >= leak_rule::MIN_OLDEST_AGE * window
+                    && live.second_half as f64 / live_count >= leak_rule::MIN_RECENT_SURVIVORS;
                 suspicious.then_some(LeakVerdict {
                     site: id as u32,
                     growth_bytes_per_s: slope,
