@@ -124,11 +124,12 @@ fn pprof_inuse(version: &str, binary: &Path, profile: &Path) -> HashMap<String, 
         .collect()
 }
 
-/// memtrace rides on the very samples the runtime's heap profiler takes, so its live bytes per
-/// site must equal the runtime's own in-use figures up to what happens between the profile's
-/// final GC and the process exit (nothing, for the retained sites) and rounding: 2% is the
-/// bound, plus one sample's weight for the smallest site. The top sites must come in the same
-/// order.
+/// memtrace rides on the very samples the runtime's heap profiler takes and scales them the
+/// same way, so its live bytes per site must equal the runtime's own in-use figures up to
+/// rounding (the retained objects are never freed, so the profile's final GC and the process
+/// exit see the same live set). The sampling error of both against the true live heap is
+/// 1/sqrt(samples) (about 15% for retainC's ~50 samples), but it is the same error: the bound
+/// between the two is 0.1%. The top sites must come in the same order.
 #[test]
 fn live_bytes_agree_with_the_runtime_heap_profile() {
     if require_bpf().is_err() {
@@ -148,7 +149,6 @@ fn live_bytes_agree_with_the_runtime_heap_profile() {
         let report = traced.report();
         let inuse = pprof_inuse(version, &program, &profile);
         let _ = std::fs::remove_file(&profile);
-        let rate = report["sample_rate_bytes"].as_f64().unwrap();
         for function in ["main.retainA", "main.retainB", "main.retainC"] {
             let truth = inuse
                 .get(function)
@@ -160,7 +160,7 @@ fn live_bytes_agree_with_the_runtime_heap_profile() {
                 .unwrap();
             eprintln!("{version} {function}: memtrace {ours:.0} B, pprof {truth:.0} B");
             assert!(
-                (ours - truth).abs() <= 0.02 * truth + rate,
+                (ours - truth).abs() <= 0.001 * truth + 2.0,
                 "{version} {function}: memtrace {ours} vs pprof {truth}"
             );
         }
