@@ -109,8 +109,15 @@ impl Tracer {
         // SAFETY: setrlimit only reads the struct we pass.
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
+        // The probes' aya-log diagnostics cost a wakeup each: only on with -vv.
+        let probe_log_level: u8 = if log::log_enabled!(log::Level::Debug) {
+            aya_log::Level::Debug as u8
+        } else {
+            0
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
+            .override_global(aya_log::LEVEL, &probe_log_level, false)
             .load(EBPF_OBJECT)
             .map_err(|e| bpf_error("loading the eBPF programs", e))?;
         for name in Program::ALL.map(Program::name) {

@@ -233,6 +233,11 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
         }
     }
     let watch = pidfd_open(target.pid)?;
+    // From here on memtrace only consumes events: it must not take CPU from the target when the
+    // machine is busy. Lower this thread's priority (the target was forked before, so keeps its
+    // own); the ring buffer absorbs the delay, and drops would be counted.
+    // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, CONSUMER_NICE) };
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -394,6 +399,9 @@ async fn event_loop(
     }
     Ok(target_exit)
 }
+
+/// Nice value of memtrace's event loop.
+const CONSUMER_NICE: libc::c_int = 10;
 
 /// How often queued records are read when the probes did not ask for a wakeup.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);

@@ -87,8 +87,8 @@ struct Measurement {
     elapsed: f64,
     /// From spawning to reaping the process (memtrace's start-up and attach included).
     wall: f64,
-    /// User + system CPU of the process and its reaped children (the probes run in the
-    /// traced program's context, so their cost is in here).
+    /// The program's user + system CPU over its allocation loops (`CPU_NS`; the probes run in
+    /// its threads, so their cost is in here), else that of the whole process tree.
     cpu: f64,
 }
 
@@ -185,29 +185,43 @@ fn sampled_mode(memtrace: &Path, program: &Path, options: &Options) -> Result<bo
             }
         }
     }
-    let ratios: Vec<f64> = runs[1]
-        .iter()
-        .zip(&runs[0])
-        .map(|(s, u)| s.elapsed / u.elapsed)
-        .collect();
-    let (Some(untraced), Some(sampled), Some(ratio)) = (
+    let medians = [
         median_measurement(&runs[0]),
         median_measurement(&runs[1]),
-        median(ratios.iter().copied()),
-    ) else {
+        median_measurement(&runs[2]),
+    ];
+    let [Some(untraced), Some(profiler), Some(sampled)] = medians else {
         return Ok(false);
     };
     println!(
-        "\nsampled mode (default, MemProfileRate 512 KiB), bench {} allocations, medians of {} rounds:\n\
-         untraced {} / sampled {}: elapsed ratio {:.4}x (median of per-round ratios {:.4}x), CPU ratio {:.4}x",
-        options.sampled_allocs,
-        options.rounds,
-        format_ns(untraced.elapsed),
-        format_ns(sampled.elapsed),
-        sampled.elapsed / untraced.elapsed,
-        ratio,
-        sampled.cpu / untraced.cpu,
+        "\nsampled mode (default, MemProfileRate 512 KiB), bench {} allocations, medians of {} rounds:",
+        options.sampled_allocs, options.rounds
     );
+    println!(
+        "untraced {}  profiler-on (the runtime's own heap profiler, no tracer) {}  sampled {}",
+        format_ns(untraced.elapsed),
+        format_ns(profiler.elapsed),
+        format_ns(sampled.elapsed)
+    );
+    let measured = [untraced, profiler, sampled];
+    for (label, traced, baseline) in [
+        ("sampled vs untraced", 2, 0),
+        ("profiler-on vs untraced", 1, 0),
+        ("sampled vs profiler-on", 2, 1),
+    ] {
+        let per_round = median(
+            runs[traced]
+                .iter()
+                .zip(&runs[baseline])
+                .map(|(t, b)| t.elapsed / b.elapsed),
+        );
+        println!(
+            "{label:<26} elapsed ratio {:.4}x (median of per-round ratios {:.4}x), CPU ratio {:.4}x",
+            measured[traced].elapsed / measured[baseline].elapsed,
+            per_round.unwrap_or(f64::NAN),
+            measured[traced].cpu / measured[baseline].cpu,
+        );
+    }
     Ok(true)
 }
 
@@ -301,10 +315,17 @@ fn measure(command: &mut Command) -> Result<Measurement> {
                 describe(command)
             )
         })?;
+    // The program's own CPU over its loops, when it reports it: unlike the process tree's,
+    // it leaves out memtrace's start-up and its own work.
+    let program_cpu_ns = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("CPU_NS "))
+        .next_back()
+        .and_then(|value| value.trim().parse::<f64>().ok());
     Ok(Measurement {
         elapsed: elapsed_ns,
         wall: duration_ns(wall),
-        cpu: duration_ns(cpu),
+        cpu: program_cpu_ns.unwrap_or_else(|| duration_ns(cpu)),
     })
 }
 

@@ -11,6 +11,9 @@
 //	ELAPSED_NS <ns>     wall time of the allocation loops only, from starting the goroutines
 //	                    to the last one finishing (so process start and tracer attach are
 //	                    excluded)
+//	CPU_NS <ns>         the process's user+system CPU time over the same span (probes run in
+//	                    the program's threads, so their cost is included; a tracer's own
+//	                    process is not)
 //
 // With the environment variable BENCH_MEMPROFILERATE=R it sets runtime.MemProfileRate to R
 // first: the cost of the Go runtime's own heap profiler, without any tracer.
@@ -24,6 +27,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -82,6 +86,7 @@ func main() {
 	sinks = make([]paddedSink, goroutines)
 
 	var wg sync.WaitGroup
+	cpuBefore := processCPU()
 	start := time.Now()
 	for g := 0; g < goroutines; g++ {
 		wg.Add(1)
@@ -92,6 +97,7 @@ func main() {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	cpu := processCPU() - cpuBefore
 
 	// Guard against the compiler keeping the nodes on the stack.
 	var stats runtime.MemStats
@@ -100,5 +106,15 @@ func main() {
 		fmt.Fprintf(os.Stderr, "bench: only %d heap allocations, expected at least %d\n", stats.Mallocs, perGoroutine*goroutines)
 		os.Exit(1)
 	}
-	fmt.Printf("ALLOCS %d\nELAPSED_NS %d\n", perGoroutine*goroutines, elapsed.Nanoseconds())
+	fmt.Printf("ALLOCS %d\nELAPSED_NS %d\nCPU_NS %d\n", perGoroutine*goroutines, elapsed.Nanoseconds(), cpu.Nanoseconds())
+}
+
+// processCPU is the user and system CPU time of this process so far (uprobes run in the
+// context of the thread that hits them, so their cost is in here too).
+func processCPU() time.Duration {
+	var usage syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &usage); err != nil {
+		return 0
+	}
+	return time.Duration(usage.Utime.Nano() + usage.Stime.Nano())
 }
