@@ -12,14 +12,14 @@ use memtrace::{
     session::{self, Mode, SessionOptions, TargetSpec},
 };
 
-/// Trace the heap allocations of a Go process with eBPF: which call sites allocate, how much,
-/// how often, and how the GC keeps up. No restart, no code change, no pprof endpoint.
+/// Trace the heap allocations of a Go process with eBPF: which call sites allocate, which
+/// objects never die, which sites leak. No restart, no code change, no pprof endpoint.
 #[derive(Parser, Debug)]
 #[command(
     name = "memtrace",
     version,
     group(ArgGroup::new("target").required(true).args(["pid", "command"])),
-    after_long_help = "EXAMPLES:\n  sudo memtrace --pid 1234                 trace a running Go process until Ctrl-C\n  sudo memtrace --pid 1234 -d 30s --json report.json\n  sudo memtrace -- ./server --flag         start a program under tracing\n\nEXIT CODES:\n  launch mode: the target's own exit code (128+N if killed by signal N)\n  1 failure  2 usage  3 no such process  4 not a Go program  5 unsupported Go version\n  6 permission denied  7 corrupt trace file  8 eBPF unavailable  9 cannot start the command"
+    after_long_help = "EXAMPLES:\n  sudo memtrace --pid 1234                 trace a running Go process until Ctrl-C\n  sudo memtrace --pid 1234 -d 30s --json report.json\n  sudo memtrace -- ./server --flag         start a program under tracing\n\nEXIT CODES:\n  launch mode: the target's own exit code (128+N if killed by signal N)\n  1 failure  2 usage  3 no such process  4 not a Go program  5 unsupported Go version\n  6 permission denied  7 corrupt trace file  8 eBPF unavailable  9 cannot start the command\n  10 --read-only on a program that does not sample"
 )]
 struct Cli {
     /// Attach to this running process.
@@ -41,9 +41,10 @@ struct Cli {
     all_allocs: bool,
 
     /// Sampled mode (default): the heap profiler's average bytes between samples, written into
-    /// the target's runtime.MemProfileRate and restored when memtrace detaches.
-    #[arg(long, default_value = "512K", value_parser = parse_bytes, value_name = "BYTES", help_heading = "Tracing")]
-    sample_rate: u64,
+    /// the target's runtime.MemProfileRate and restored when memtrace detaches. Default: the
+    /// target's own rate if it already samples, else 512K.
+    #[arg(long, value_parser = parse_bytes, value_name = "BYTES", help_heading = "Tracing")]
+    sample_rate: Option<u64>,
 
     /// Sampled mode: never write into the target (only programs that already sample, e.g.
     /// with net/http/pprof linked, can then be traced).

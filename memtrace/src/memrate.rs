@@ -84,6 +84,10 @@ impl RateOverride {
         self.original
     }
 
+    pub fn written(&self) -> i64 {
+        self.written
+    }
+
     /// Puts the original value back, unless the program changed the rate itself since (then
     /// its own value stays). Returns whether the target now has its original rate.
     pub fn restore(&mut self) -> bool {

@@ -41,9 +41,11 @@ pub enum TargetSpec {
 /// How allocations are observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Ride on the Go runtime's heap profiler at `rate` bytes (written into the target's
-    /// `runtime.MemProfileRate` unless `read_only`) and track each sampled object to its death.
-    Sampled { rate: u64, read_only: bool },
+    /// Ride on the Go runtime's heap profiler and track each sampled object to its death.
+    /// `rate` is written into the target's `runtime.MemProfileRate` (never with `read_only`);
+    /// without one, a target that already samples keeps its own rate and one that does not
+    /// gets [`DEFAULT_SAMPLE_RATE`].
+    Sampled { rate: Option<u64>, read_only: bool },
     /// Count every allocation in the kernel; sample stacks every `stack_sample_bytes`.
     AllAllocs { stack_sample_bytes: u64 },
     /// Benchmarks: no-op probes on the all-allocs sites.
@@ -400,6 +402,9 @@ async fn event_loop(
     Ok(target_exit)
 }
 
+/// The heap profiler's rate memtrace sets when the target does not sample (pprof's default).
+pub const DEFAULT_SAMPLE_RATE: u64 = 512 * 1024;
+
 /// Nice value of memtrace's event loop.
 const CONSUMER_NICE: libc::c_int = 10;
 
@@ -474,12 +479,23 @@ fn attach_probes(
     Ok(())
 }
 
+/// What memtrace may do to the target's rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RatePolicy {
+    /// Never write.
+    ReadOnly,
+    /// Write this rate only if the target does not sample at all.
+    IfOff(i64),
+    /// Write this rate (the user asked for it).
+    Set(i64),
+}
+
 /// The target's `runtime.MemProfileRate` in sampled mode: where it is, what memtrace wrote,
 /// and putting it back.
 struct RateControl {
     /// Link-time address of `runtime.MemProfileRate` (sampled mode only).
     symbol: Option<u64>,
-    wanted: Option<i64>,
+    policy: RatePolicy,
     /// The rate samples are taken at, once known.
     effective: Option<u64>,
     original: Option<i64>,
@@ -494,7 +510,7 @@ impl RateControl {
         let Mode::Sampled { rate, read_only } = mode else {
             return Ok(RateControl {
                 symbol: None,
-                wanted: None,
+                policy: RatePolicy::ReadOnly,
                 effective: None,
                 original: None,
                 applied: None,
@@ -510,7 +526,11 @@ impl RateControl {
         })?;
         Ok(RateControl {
             symbol: Some(symbol),
-            wanted: (!read_only).then_some(rate.min(i64::MAX as u64) as i64),
+            policy: match (read_only, rate) {
+                (true, _) => RatePolicy::ReadOnly,
+                (false, Some(rate)) => RatePolicy::Set(rate.min(i64::MAX as u64) as i64),
+                (false, None) => RatePolicy::IfOff(DEFAULT_SAMPLE_RATE as i64),
+            },
             effective: None,
             original: None,
             applied: None,
@@ -531,16 +551,18 @@ impl RateControl {
         let addr = symbol.wrapping_add(bias);
         let current = read_rate(target.pid, addr)?;
         self.original = Some(current);
-        match self.wanted {
-            Some(wanted) if wanted != current => {
-                self.applied = Some(RateOverride::apply(target.pid, addr, wanted)?);
-                self.effective = Some(wanted as u64);
+        let wanted = match self.policy {
+            RatePolicy::Set(rate) if rate != current => Some(rate),
+            RatePolicy::IfOff(rate) if current <= 0 => Some(rate),
+            RatePolicy::ReadOnly if current <= 0 => return Err(Error::NotSampling(target.pid)),
+            _ => None,
+        };
+        match wanted {
+            Some(rate) => {
+                self.applied = Some(RateOverride::apply(target.pid, addr, rate)?);
+                self.effective = Some(rate as u64);
             }
-            Some(_) => self.effective = Some(current as u64),
-            None if current > 0 => self.effective = Some(current as u64),
-            None => {
-                return Err(Error::NotSampling(target.pid));
-            }
+            None => self.effective = Some(current as u64),
         }
         Ok(())
     }
@@ -552,7 +574,11 @@ impl RateControl {
             },
             Mode::ProbeFloor => Sampling::AllAllocs { interval_bytes: 1 },
             Mode::Sampled { rate, .. } => Sampling::HeapProfiler {
-                rate_bytes: self.effective.unwrap_or(rate).max(1),
+                rate_bytes: self
+                    .effective
+                    .or(rate)
+                    .unwrap_or(DEFAULT_SAMPLE_RATE)
+                    .max(1),
             },
         }
     }
@@ -572,10 +598,7 @@ impl RateControl {
         let original = self.original?;
         Some(MemProfileRate {
             original,
-            written: self
-                .applied
-                .as_ref()
-                .map(|_| self.wanted.unwrap_or(original)),
+            written: self.applied.as_ref().map(RateOverride::written),
             restored: self.restored,
         })
     }

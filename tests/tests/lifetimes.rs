@@ -320,3 +320,56 @@ fn read_only_mode() {
     );
     assert!(report["events"]["objects_sampled"].as_u64().unwrap() > 0);
 }
+
+/// A program that samples on its own (runtime/pprof linked) has sampled objects from before
+/// memtrace attached: their deaths are counted as unmatched and kept out of the live numbers.
+#[test]
+fn deaths_of_objects_sampled_before_attach_are_counted_apart() {
+    if require_bpf().is_err() {
+        return;
+    }
+    let _serial = serialize();
+    let mut child = Command::new(go_program("heaporacle", "1.26.6", Variant::Default))
+        .args(["-duration", "0", "-rate", "65536"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid: u32 = line.trim().strip_prefix("READY ").unwrap().parse().unwrap();
+    let program = Running(child, pid);
+    // Let it sample churn on its own for a while.
+    std::thread::sleep(Duration::from_secs(2));
+    let json = temp_json("unmatched");
+    let output = Command::new(memtrace_bin())
+        .args(["--no-live", "--duration", "3s", "--json"])
+        .arg(&json)
+        .args(["--pid", &pid.to_string()])
+        .output()
+        .unwrap();
+    drop(program);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let events = &report["events"];
+    assert!(events["unmatched_frees"].as_u64().unwrap() > 0, "{events}");
+    assert!(
+        events["objects_freed"].as_u64().unwrap() >= events["unmatched_frees"].as_u64().unwrap()
+    );
+    // A program that samples keeps its own rate: memtrace writes nothing.
+    assert_eq!(report["mem_profile_rate"]["original"], 65536);
+    assert!(
+        report["mem_profile_rate"].get("written").is_none(),
+        "{}",
+        report["mem_profile_rate"]
+    );
+    assert_eq!(report["sample_rate_bytes"], 65536);
+}
