@@ -105,6 +105,9 @@ pub struct AllocSample {
     pub g: u64,
     /// Address of the object ([`tag::OBJECT_ALLOC`] only; 0 otherwise).
     pub ptr: u64,
+    /// The word before the object ([`tag::OBJECT_ALLOC`] of objects over 512 bytes): the
+    /// `*_type` malloc header when the object has one (userspace knows from the stack).
+    pub header_word: u64,
     /// Its goroutine id, or 0 when it could not be read.
     pub goid: u64,
     /// Size class index, or one of the [`class`] constants.
@@ -114,7 +117,7 @@ pub struct AllocSample {
     /// Return addresses, innermost first; `stack[0]` is the probed instruction.
     pub stack: [u64; MAX_STACK_DEPTH],
 }
-const _: () = assert!(core::mem::size_of::<AllocSample>() == 16 + 8 * 5 + 8 + 8 * MAX_STACK_DEPTH);
+const _: () = assert!(core::mem::size_of::<AllocSample>() == 16 + 8 * 6 + 8 + 8 * MAX_STACK_DEPTH);
 
 /// A sampled object the sweeper found dead (`runtime.freeSpecial` of its profile special).
 #[repr(C)]

@@ -207,6 +207,7 @@ fn send_sample(
         (*sample).slot_size = slot_size;
         (*sample).g = g;
         (*sample).ptr = 0;
+        (*sample).header_word = 0;
         (*sample).goid = goid;
         (*sample).class = size_class;
         fill_header_and_stack(ctx, sample, tag::ALLOC_SAMPLE, tgid, stats);

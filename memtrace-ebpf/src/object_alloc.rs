@@ -12,6 +12,9 @@ use crate::{
     target::{current, read},
 };
 
+/// Objects of this size or less never have a malloc header.
+const MIN_SIZE_WITH_HEADER: u64 = 512;
+
 #[uprobe]
 pub fn object_alloc(ctx: ProbeContext) -> u32 {
     let Some((tgid, config, stats)) = current() else {
@@ -27,6 +30,13 @@ pub fn object_alloc(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let goid = read::<u64>(stats, g + config.g_goid as u64).unwrap_or(0);
+    // Pointerful objects over 512 bytes carry their type in a header word just before them
+    // (Go 1.22+); only those are big enough to have one.
+    let header_word = if size > MIN_SIZE_WITH_HEADER {
+        read::<u64>(stats, ptr - 8).unwrap_or(0)
+    } else {
+        0
+    };
     let sample = record.as_mut_ptr();
     // SAFETY: `sample` points at a reserved, exclusively owned ring-buffer entry; every field
     // is written before it is submitted.
@@ -35,6 +45,7 @@ pub fn object_alloc(ctx: ProbeContext) -> u32 {
         (*sample).slot_size = size;
         (*sample).g = g;
         (*sample).ptr = ptr;
+        (*sample).header_word = header_word;
         (*sample).goid = goid;
         (*sample).class = class::PROFILED;
         fill_header_and_stack(&ctx, sample, tag::OBJECT_ALLOC, tgid, stats);

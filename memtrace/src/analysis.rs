@@ -50,6 +50,8 @@ pub struct Site {
     pub max_cycles_survived_dead: u64,
     /// (seconds since the first event, estimated live bytes) at each GC cycle.
     pub snapshots: Vec<(f64, f64)>,
+    /// The objects' Go type, when their malloc header named it.
+    pub type_name: Option<String>,
 }
 
 /// A sampled object that has not died yet. Kept small: memtrace may track millions.
@@ -160,6 +162,8 @@ pub struct Analysis {
     /// `runtime.main` started (launch mode), at this timestamp.
     pub runtime_ready: Option<u64>,
     deaths: Option<Vec<Death>>,
+    /// Type names by malloc-header word (runtime address), resolved once each.
+    type_names: HashMap<u64, Option<String>>,
     /// When the first object sampled by the heap profiler arrived (CLOCK_MONOTONIC ns).
     pub first_object_ns: Option<u64>,
 }
@@ -224,6 +228,7 @@ impl Analysis {
             replaced_objects: 0,
             runtime_ready: None,
             deaths: None,
+            type_names: HashMap::new(),
             first_object_ns: None,
         }
     }
@@ -331,6 +336,7 @@ impl Analysis {
                     lifetimes_ms: new_histogram(),
                     max_cycles_survived_dead: 0,
                     snapshots: Vec::new(),
+                    type_name: None,
                 });
                 self.site_ids.insert(key, id);
                 id
@@ -391,6 +397,21 @@ impl Analysis {
     fn object_alloc(&mut self, alloc: &AllocEvent, load_bias: u64) {
         self.first_object_ns.get_or_insert(alloc.ts_ns);
         let (site_id, weight) = self.sample(alloc, load_bias);
+        if alloc.header_word != 0 && self.sites[site_id as usize].type_name.is_none() {
+            // Pointerful objects over 512 bytes (Go 1.22+) start with a header naming their
+            // type; for other objects the word is something else and names no type.
+            let symbolizer = &self.symbolizer;
+            let name = self
+                .type_names
+                .entry(alloc.header_word)
+                .or_insert_with(|| {
+                    symbolizer
+                        .binary()
+                        .type_name(alloc.header_word.wrapping_sub(load_bias))
+                })
+                .clone();
+            self.sites[site_id as usize].type_name = name;
+        }
         let site = &mut self.sites[site_id as usize];
         site.live_samples += 1;
         site.live_objects += weight;

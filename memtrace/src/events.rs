@@ -44,6 +44,8 @@ pub struct AllocEvent {
     pub goid: u64,
     /// The object's address (heap-profiler samples only; 0 otherwise).
     pub ptr: u64,
+    /// The word before the object (heap-profiler samples over 512 bytes; 0 otherwise).
+    pub header_word: u64,
     /// Runtime addresses, innermost first; empty when the stack could not be captured.
     pub stack: Vec<u64>,
 }
@@ -101,6 +103,7 @@ impl Event {
                     class: sample.class,
                     goid: sample.goid,
                     ptr: sample.ptr,
+                    header_word: sample.header_word,
                     stack: sample.stack[..depth].to_vec(),
                 };
                 Ok(if header.tag == tag::OBJECT_ALLOC {
@@ -167,6 +170,7 @@ mod tests {
             slot_size: 112,
             g: 0xc000001000,
             ptr: 0,
+            header_word: 0,
             goid: 9,
             class: 9,
             stack_len: 3,
@@ -217,6 +221,7 @@ mod tests {
             slot_size: 8,
             g: 0,
             ptr: 0,
+            header_word: 0,
             goid: 0,
             class: 1,
             stack_len: 10_000,

@@ -287,7 +287,7 @@ impl Report {
                     stack: stack_of(id),
                     live_objects: sampled.then(|| site.live_objects.round() as u64),
                     live_bytes: sampled.then(|| site.live_bytes.round() as u64),
-                    type_name: sampled.then_some(None),
+                    type_name: sampled.then(|| site.type_name.clone()),
                     lifetime_ms: sampled.then(|| Lifetimes {
                         p50: site.lifetimes_ms.value_at_quantile(0.5),
                         p90: site.lifetimes_ms.value_at_quantile(0.9),
@@ -313,7 +313,7 @@ impl Report {
                         file: site.key.file.clone(),
                         line: site.key.line,
                         stack: stack_of(verdict.site),
-                        type_name: None,
+                        type_name: site.type_name.clone(),
                         live_objects: site.live_objects.round() as u64,
                         live_bytes: site.live_bytes.round() as u64,
                         growth_bytes_per_s: verdict.growth_bytes_per_s,
@@ -532,10 +532,11 @@ impl Report {
                 for (rank, suspect) in suspects.iter().enumerate() {
                     let _ = writeln!(
                         out,
-                        "  {}. {} {}: +{}/s, {} live in {} objects, oldest {:.0}s, survived {} GC cycles",
+                        "  {}. {} {}{}: +{}/s, {} live in {} objects, oldest {:.0}s, survived {} GC cycles",
                         rank + 1,
                         suspect.function,
                         location(&suspect.file, suspect.line),
+                        suspect.type_name.as_ref().map_or(String::new(), |t| format!(" ({t})")),
                         human_bytes(suspect.growth_bytes_per_s),
                         human_bytes(suspect.live_bytes as f64),
                         human_count(suspect.live_objects as f64),

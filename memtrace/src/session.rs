@@ -549,7 +549,12 @@ impl RateControl {
             return Ok(());
         }
         let addr = symbol.wrapping_add(bias);
-        let current = read_rate(target.pid, addr)?;
+        let current = match read_rate(target.pid, addr) {
+            Ok(current) => current,
+            // Already gone (a short-lived program): the event loop sees the exit.
+            Err(Error::NoSuchProcess(_)) => return Ok(()),
+            Err(error) => return Err(error),
+        };
         self.original = Some(current);
         let wanted = match self.policy {
             RatePolicy::Set(rate) if rate != current => Some(rate),
@@ -557,11 +562,13 @@ impl RateControl {
             RatePolicy::ReadOnly if current <= 0 => return Err(Error::NotSampling(target.pid)),
             _ => None,
         };
-        match wanted {
-            Some(rate) => {
-                self.applied = Some(RateOverride::apply(target.pid, addr, rate)?);
+        match wanted.map(|rate| (rate, RateOverride::apply(target.pid, addr, rate))) {
+            Some((rate, Ok(applied))) => {
+                self.applied = Some(applied);
                 self.effective = Some(rate as u64);
             }
+            Some((_, Err(Error::NoSuchProcess(_)))) => {}
+            Some((_, Err(error))) => return Err(error),
             None => self.effective = Some(current as u64),
         }
         Ok(())

@@ -62,6 +62,10 @@ impl Symbolizer {
         }
     }
 
+    pub fn binary(&self) -> &GoBinary {
+        &self.binary
+    }
+
     /// Frames of one ELF virtual address, innermost (most deeply inlined) first.
     pub fn frames(&mut self, vaddr: u64) -> Arc<[Frame]> {
         if let Some(frames) = self.cache.get(&vaddr) {

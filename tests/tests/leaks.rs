@@ -107,8 +107,8 @@ fn check_version(version: &str) {
             .iter()
             .map(|s| {
                 format!(
-                    "{}:{} +{:.0}B/s",
-                    s["function"], s["line"], s["growth_bytes_per_s"]
+                    "{}:{} {} +{:.0}B/s",
+                    s["function"], s["line"], s["type"], s["growth_bytes_per_s"]
                 )
             })
             .collect();
@@ -122,7 +122,21 @@ fn check_version(version: &str) {
                         .is_some_and(|f| f.ends_with("leaks/main.go"))
             });
             match rank {
-                Some(rank) if rank < 3 => {}
+                Some(rank) if rank < 3 => {
+                    // Pointerful objects over 512 bytes carry their type in a malloc header
+                    // from Go 1.22 on.
+                    let expected_type = match name.as_str() {
+                        "globalmap" => Some("main.session"),
+                        "append" => Some("main.record"),
+                        _ => None,
+                    };
+                    if let Some(expected) = expected_type.filter(|_| version != "1.21.13") {
+                        let found = &suspects[rank]["type"];
+                        if found != expected {
+                            failures.push(format!("{name}: type {found}, expected {expected}"));
+                        }
+                    }
+                }
                 _ => failures.push(format!(
                     "{name}: leak at line {line} not in the top 3: {summary:?}"
                 )),

@@ -28,7 +28,12 @@ fn inlined_frames_files_and_lines_on_every_build() {
             let what = format!("symtest {version} {}", variant.name());
             let program = go_program("symtest", version, variant);
             // Sample every allocation.
-            let traced = trace_launch(&["--stack-sample-bytes", "1"], &program, &[], &[]);
+            let traced = trace_launch(
+                &["--all-allocs", "--stack-sample-bytes", "1"],
+                &program,
+                &[],
+                &[],
+            );
             assert_eq!(traced.code(), Some(0), "{what}: {}", traced.stderr());
             let report = traced.report();
             // newPoint is inlined into level3, so it is the innermost non-runtime frame.

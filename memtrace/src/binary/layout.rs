@@ -32,6 +32,8 @@ const BUILD_INFO_ALIGN: u64 = 16;
 const MODULEDATA_PCHEADER: usize = 0;
 const MODULEDATA_FUNCNAMETAB: usize = 8;
 const MODULEDATA_TEXT: usize = 22 * 8;
+/// `types`: the base that `abi.Type` name offsets are relative to (the same word in 1.21-1.27).
+const MODULEDATA_TYPES: usize = 37 * 8;
 /// `gofunc` follows `types, etypes, rodata` up to Go 1.26; Go 1.27 inserted `typedesclen`,
 /// `itaboffset` and `itabsize` before it.
 const MODULEDATA_GOFUNC_GO121: usize = 40 * 8;
@@ -120,6 +122,20 @@ pub(crate) fn load_pclntab(
     let gofunc = gofunc_vaddr.and_then(|vaddr| elf.file_range_from_vaddr(vaddr));
 
     Pclntab::parse(Arc::clone(file), range, text_start, gofunc).map(Some)
+}
+
+/// `moduledata.types`: from the `runtime.types` symbol, or read from the module data.
+pub(crate) fn find_types_base(elf: &ElfIndex, file: &Arc<Vec<u8>>) -> Option<u64> {
+    if let Some(symbol) = elf.symbol("runtime.types") {
+        return Some(symbol.addr);
+    }
+    let (header_vaddr, range) = find_pclntab(elf, file)?;
+    let header = file.get(range)?;
+    let funcname_offset = u64_at(header, 8 + 3 * 8)?;
+    let moduledata = find_moduledata(elf, file, header_vaddr, funcname_offset)?;
+    let types = u64_at(file, moduledata + MODULEDATA_TYPES)?;
+    // Type data is read-only data, never code.
+    (!elf.segment_containing(types)?.is_executable()).then_some(types)
 }
 
 /// The pclntab header's vaddr and the file range it may span.

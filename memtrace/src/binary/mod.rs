@@ -75,6 +75,8 @@ pub struct GoBinary {
     elf: ElfIndex,
     build_info: BuildInfo,
     pclntab: Option<Pclntab>,
+    /// `moduledata.types`, where type names live.
+    types_base: Option<u64>,
 }
 
 impl std::fmt::Debug for GoBinary {
@@ -114,13 +116,44 @@ impl GoBinary {
         };
         let data = Arc::new(data);
         let pclntab = layout::load_pclntab(&elf, &data, build_info.version)?;
+        let types_base = layout::find_types_base(&elf, &data);
         Ok(GoBinary {
             path,
             data,
             elf,
             build_info,
             pclntab,
+            types_base,
         })
+    }
+
+    /// The name of the Go type (`abi.Type`) at ELF virtual address `type_vaddr`, e.g.
+    /// `main.session` or `[]*main.node`; `None` when the address is not a type of this binary.
+    pub fn type_name(&self, type_vaddr: u64) -> Option<String> {
+        // abi.Type: TFlag (u8) at 0x14, Str (nameOff, i32) at 0x28, the same in 1.21-1.27.
+        const TYPE_TFLAG: usize = 0x14;
+        const TYPE_STR: usize = 0x28;
+        const TFLAG_EXTRA_STAR: u8 = 1 << 1;
+        let types_base = self.types_base?;
+        if type_vaddr < types_base {
+            return None;
+        }
+        let at = |vaddr: u64| usize::try_from(self.elf.file_offset(vaddr)?).ok();
+        let typ = at(type_vaddr)?;
+        let tflag = read::u8_at(&self.data, typ + TYPE_TFLAG)?;
+        let name_off = read::i32_at(&self.data, typ + TYPE_STR)?;
+        let name = at(types_base.checked_add_signed(i64::from(name_off))?)?;
+        // abi.Name: one flag byte, a varint length, the bytes.
+        let (len, varint_len) = read::uvarint(self.data.get(name + 1..)?)?;
+        let start = name + 1 + varint_len;
+        let bytes = read::bytes_at(&self.data, start, usize::try_from(len).ok()?)?;
+        let text = std::str::from_utf8(bytes).ok()?;
+        let text = if tflag & TFLAG_EXTRA_STAR != 0 {
+            text.strip_prefix('*').unwrap_or(text)
+        } else {
+            text
+        };
+        (!text.is_empty()).then(|| text.to_owned())
     }
 
     pub fn path(&self) -> &Path {
