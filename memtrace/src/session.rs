@@ -193,10 +193,10 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
     };
     let plan = ProbePlan::for_binary(&target.binary)?;
     log::info!(
-        "{} ({}): {} allocation probes ({}), GC probe {}",
+        "{} ({}), {:?}: allocation entry points {}; GC probe {}",
         target.exe.display(),
         target.binary.build_info().go_version,
-        plan.alloc.len(),
+        options.mode,
         plan.alloc
             .iter()
             .map(|s| s.function.as_str())
@@ -206,6 +206,16 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
             .as_ref()
             .map_or("none", |s| s.function.as_str()),
     );
+    // The event loop's runtime (one thread: this one) and the signal handlers come before
+    // anything is written into the target, so that Ctrl-C always finds a handler that restores.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the event loop", e))?;
+    let signals = {
+        let _context = runtime.enter();
+        Signals::new()?
+    };
     let mut tracer = Tracer::load(options.ring_bytes)?;
     // A launched PIE binary is not mapped yet, so its load bias is not known before exec.
     let bias_known = held_child.is_none() || !target.binary.is_pie();
@@ -241,10 +251,6 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
     // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, CONSUMER_NICE) };
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("starting the event loop", e))?;
     let symbolizer = Symbolizer::new(target.binary.clone(), target.symbol_path());
     let mut analysis = Analysis::new(symbolizer, rate.sampling(options.mode));
     if options.keep_deaths {
@@ -259,6 +265,7 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
         held_child.is_some(),
         &mut analysis,
         &mut rate,
+        signals,
         start_ns,
     ));
     // Whatever happened, the target gets its own rate back before memtrace goes.
@@ -311,6 +318,7 @@ async fn event_loop(
     launched: bool,
     analysis: &mut Analysis,
     rate: &mut RateControl,
+    mut signals: Signals,
     start_ns: u64,
 ) -> Result<Option<TargetExit>> {
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring buffer.
@@ -326,9 +334,6 @@ async fn event_loop(
         }
         None => None,
     };
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT", e))?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM", e))?;
-    let mut hangup = signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP", e))?;
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     // The probes wake us up only when a lot is pending (see memtrace-ebpf's `submit_flags`);
     // otherwise the queue is drained on this timer.
@@ -368,7 +373,7 @@ async fn event_loop(
                 log::info!("target exited");
                 break;
             }
-            _ = interrupt.recv() => {
+            _ = signals.interrupt.recv() => {
                 if launched {
                     // The terminal sent SIGINT to the target too: wait for it to exit.
                     log::info!("interrupted: waiting for the target to exit");
@@ -376,11 +381,11 @@ async fn event_loop(
                 }
                 break;
             }
-            _ = terminate.recv() => {
+            _ = signals.terminate.recv() => {
                 forward_signal(launched, target.pid, libc::SIGTERM);
                 if !launched { break; }
             }
-            _ = hangup.recv() => {
+            _ = signals.hangup.recv() => {
                 forward_signal(launched, target.pid, libc::SIGHUP);
                 if !launched { break; }
             }
@@ -434,6 +439,24 @@ fn drain(
         analysis.set_sampling(rate.sampling(mode));
     }
     Ok(())
+}
+
+/// The signals that end a session.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside a runtime context).
+    fn new() -> Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT", e))?,
+            terminate: signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM", e))?,
+            hangup: signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP", e))?,
+        })
+    }
 }
 
 /// Attaches what `mode` needs.
