@@ -9,7 +9,7 @@ use memtrace_common::{class, tag, AllocSample};
 use crate::{
     maps::{submit_flags, EVENTS},
     stack::fill_header_and_stack,
-    target::{current, read},
+    target::{current, read, read_optional},
 };
 
 /// Objects of this size or less never have a malloc header.
@@ -31,9 +31,10 @@ pub fn object_alloc(ctx: ProbeContext) -> u32 {
     };
     let goid = read::<u64>(stats, g + config.g_goid as u64).unwrap_or(0);
     // Pointerful objects over 512 bytes carry their type in a header word just before them
-    // (Go 1.22+); only those are big enough to have one.
+    // (Go 1.22+); only those are big enough to have one. For a large object the word before it
+    // may be unmapped: not a loss, so not counted.
     let header_word = if size > MIN_SIZE_WITH_HEADER {
-        read::<u64>(stats, ptr - 8).unwrap_or(0)
+        read_optional::<u64>(ptr.wrapping_sub(8)).unwrap_or(0)
     } else {
         0
     };

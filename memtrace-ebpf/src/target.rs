@@ -23,6 +23,14 @@ pub fn current() -> Option<(u32, &'static TargetConfig, &'static mut TargetStats
     Some((tgid, config, unsafe { &mut *stats }))
 }
 
+/// Reads a `T` at `addr` in the current process where failing is expected and harmless (not
+/// counted).
+#[inline(always)]
+pub fn read_optional<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_user checks the address; a bad one only makes it fail.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
 /// Reads a `T` at `addr` in the current process, counting failures.
 #[inline(always)]
 pub fn read<T>(stats: &mut TargetStats, addr: u64) -> Option<T> {

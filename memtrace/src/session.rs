@@ -401,9 +401,6 @@ async fn event_loop(
     rate.restore();
     tracer.detach_all();
     drain(ring.get_mut(), analysis, rate, target, options.mode)?;
-    if live {
-        live_view.clear();
-    }
     Ok(target_exit)
 }
 
@@ -658,6 +655,12 @@ struct LiveView {
     last: Option<(Instant, u64, u64)>,
 }
 
+impl Drop for LiveView {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
 /// Rows and columns of the terminal on stderr.
 fn terminal_size() -> Option<(u16, u16)> {
     let mut size = libc::winsize {
@@ -683,26 +686,35 @@ impl LiveView {
             return;
         };
         let now = Instant::now();
-        let bytes = crate::report::slot_bytes(stats);
+        // Exact counters in --all-allocs; estimates from the samples in sampled mode.
+        let (objects, bytes) = if matches!(options.mode, Mode::Sampled { .. }) {
+            let sites = analysis.sites();
+            (
+                sites.iter().map(|s| s.objects).sum::<f64>() as u64,
+                sites.iter().map(|s| s.bytes).sum::<f64>() as u64,
+            )
+        } else {
+            (stats.objects, crate::report::slot_bytes(stats))
+        };
         let (objects_rate, bytes_rate, elapsed) = match self.last {
-            Some((at, objects, last_bytes)) => {
+            Some((at, last_objects, last_bytes)) => {
                 let dt = now.duration_since(at).as_secs_f64().max(1e-3);
                 (
-                    (stats.objects - objects) as f64 / dt,
-                    (bytes - last_bytes) as f64 / dt,
+                    objects.saturating_sub(last_objects) as f64 / dt,
+                    bytes.saturating_sub(last_bytes) as f64 / dt,
                     dt,
                 )
             }
             None => (0.0, 0.0, options.live_interval.as_secs_f64()),
         };
-        self.last = Some((now, stats.objects, bytes));
+        self.last = Some((now, objects, bytes));
         let window = analysis.take_window();
         let since_start = (monotonic_ns().saturating_sub(start_ns)) as f64 / 1e9;
         let mut text = format!(
             "memtrace {since_start:.0}s | {} objects/s {}/s | total {} objects {} | gc cycles {}\n",
             human_count(objects_rate),
             human_bytes(bytes_rate),
-            stats.objects,
+            objects,
             human_bytes(bytes as f64),
             stats.gc_cycles,
         );
@@ -809,7 +821,7 @@ impl LiveView {
         }
     }
 
-    /// Removes the panel and gives the terminal back as it was.
+    /// Removes the panel and gives the terminal back as it was (also on errors: see Drop).
     fn clear(&mut self) {
         let mut out = String::new();
         self.reset_region(&mut out);
