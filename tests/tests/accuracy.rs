@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{program_value, relative_error, serialize, site, trace_launch, u64_at};
-use memtrace_tests::fixtures::{go_program, require_bpf, site_line, Variant, GO_VERSIONS};
+use common::{program_value, relative_error, site, trace_launch, u64_at};
+use memtrace_tests::fixtures::{go_program, site_line, Variant};
 
 /// Sites of `allocs` that allocate through a plain call of the allocator from the marked line.
 const KNOWN_SITES: [(&str, &str); 5] = [
@@ -94,42 +94,4 @@ fn check_version(version: &str) {
     }
 }
 
-#[test]
-fn go_1_21() {
-    if require_bpf().is_ok() {
-        let _serial = serialize();
-        check_version(GO_VERSIONS[0]);
-    }
-}
-
-#[test]
-fn go_1_22() {
-    if require_bpf().is_ok() {
-        let _serial = serialize();
-        check_version(GO_VERSIONS[1]);
-    }
-}
-
-#[test]
-fn go_1_24() {
-    if require_bpf().is_ok() {
-        let _serial = serialize();
-        check_version(GO_VERSIONS[2]);
-    }
-}
-
-#[test]
-fn go_1_26() {
-    if require_bpf().is_ok() {
-        let _serial = serialize();
-        check_version(GO_VERSIONS[3]);
-    }
-}
-
-#[test]
-fn go_1_27() {
-    if require_bpf().is_ok() {
-        let _serial = serialize();
-        check_version(GO_VERSIONS[4]);
-    }
-}
+per_go_version!(check_version);

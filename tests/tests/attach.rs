@@ -2,37 +2,10 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-use common::{serialize, site, temp_json, u64_at};
+use common::{serialize, site, start_ready, temp_json, u64_at};
 use memtrace_tests::fixtures::{go_program, memtrace_bin, require_bpf, site_line, Variant};
-
-struct Running(Child, u32);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_idle(version: &str, variant: Variant) -> Running {
-    let mut child = Command::new(go_program("idle", version, variant))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let pid = line.trim().strip_prefix("READY ").unwrap().parse().unwrap();
-    Running(child, pid)
-}
 
 #[test]
 fn attaches_to_a_running_process_and_detaches_cleanly() {
@@ -45,12 +18,12 @@ fn attaches_to_a_running_process_and_detaches_cleanly() {
         ("1.27.3", Variant::Stripped),
         ("1.24.11", Variant::Pie),
     ] {
-        let mut idle = start_idle(version, variant);
+        let mut idle = start_ready(&go_program("idle", version, variant), &[]);
         let json = temp_json("attach");
         let output = Command::new(memtrace_bin())
             .args(["--no-live", "--duration", "2s", "--json"])
             .arg(&json)
-            .args(["--pid", &idle.1.to_string()])
+            .args(["--pid", &idle.pid.to_string()])
             .output()
             .unwrap();
         let what = format!("idle {version} {}", variant.name());
@@ -68,7 +41,7 @@ fn attaches_to_a_running_process_and_detaches_cleanly() {
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         let _ = std::fs::remove_file(&json);
-        assert_eq!(report["target"]["pid"], idle.1);
+        assert_eq!(report["target"]["pid"], idle.pid);
         assert!(report["target"]["go_version"]
             .as_str()
             .unwrap()
@@ -81,10 +54,13 @@ fn attaches_to_a_running_process_and_detaches_cleanly() {
         assert_eq!(tick["line"], site_line("idle", "tick"), "{what}");
         // Still alive and well after detach.
         std::thread::sleep(Duration::from_millis(300));
-        assert!(idle.0.try_wait().unwrap().is_none(), "{what}: target died");
+        assert!(
+            idle.child.try_wait().unwrap().is_none(),
+            "{what}: target died"
+        );
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(idle.1 as i32, libc::SIGTERM) };
-        let status = idle.0.wait().unwrap();
+        unsafe { libc::kill(idle.pid as i32, libc::SIGTERM) };
+        let status = idle.child.wait().unwrap();
         assert_eq!(status.code(), Some(0), "{what}: target exit after SIGTERM");
     }
 }

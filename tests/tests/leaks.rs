@@ -4,28 +4,11 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-};
+use std::process::{Child, Command, Stdio};
 
-use common::{serialize, temp_json};
-use memtrace_tests::fixtures::{
-    go_program, memtrace_bin, require_bpf, site_line, Variant, GO_VERSIONS,
-};
+use common::{start_ready, temp_json, Running};
+use memtrace_tests::fixtures::{go_program, memtrace_bin, site_line, Variant};
 use serde_json::Value;
-
-struct Program {
-    child: Child,
-    pid: u32,
-}
-
-impl Drop for Program {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The patterns and whether each leaks, as the program lists them.
 fn patterns(binary: &std::path::Path) -> Vec<(String, bool)> {
@@ -53,22 +36,9 @@ fn check_version(version: &str) {
         "{patterns:?}"
     );
 
-    let programs: Vec<Program> = patterns
+    let programs: Vec<Running> = patterns
         .iter()
-        .map(|(name, _)| {
-            let mut child = Command::new(&binary)
-                .args(["-pattern", name, "-duration", "0"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut line = String::new();
-            BufReader::new(child.stdout.as_mut().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            let pid = line.trim().strip_prefix("READY ").unwrap().parse().unwrap();
-            Program { child, pid }
-        })
+        .map(|(name, _)| start_ready(&binary, &["-pattern", name, "-duration", "0"]))
         .collect();
     let tracers: Vec<(Child, std::path::PathBuf)> = programs
         .iter()
@@ -153,42 +123,4 @@ fn check_version(version: &str) {
     );
 }
 
-#[test]
-fn go_1_21() {
-    if require_bpf().is_ok() {
-        let _serial = serialize();
-        check_version(GO_VERSIONS[0]);
-    }
-}
-
-#[test]
-fn go_1_22() {
-    if require_bpf().is_ok() {
-        let _serial = serialize();
-        check_version(GO_VERSIONS[1]);
-    }
-}
-
-#[test]
-fn go_1_24() {
-    if require_bpf().is_ok() {
-        let _serial = serialize();
-        check_version(GO_VERSIONS[2]);
-    }
-}
-
-#[test]
-fn go_1_26() {
-    if require_bpf().is_ok() {
-        let _serial = serialize();
-        check_version(GO_VERSIONS[3]);
-    }
-}
-
-#[test]
-fn go_1_27() {
-    if require_bpf().is_ok() {
-        let _serial = serialize();
-        check_version(GO_VERSIONS[4]);
-    }
-}
+per_go_version!(check_version);

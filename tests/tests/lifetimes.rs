@@ -6,13 +6,13 @@ mod common;
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Seek, SeekFrom},
+    io::{Read, Seek, SeekFrom},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use common::{serialize, site, temp_json, trace_launch};
+use common::{serialize, site, start_ready, temp_json, trace_launch, Running};
 use memtrace_tests::fixtures::{
     go_binary, go_program, memtrace_bin, require_bpf, Variant, GO_VERSIONS,
 };
@@ -176,27 +176,8 @@ fn live_bytes_agree_with_the_runtime_heap_profile() {
     }
 }
 
-struct Running(Child, u32);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_idle(version: &str) -> Running {
-    let mut child = Command::new(go_program("idle", version, Variant::Default))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let pid = line.trim().strip_prefix("READY ").unwrap().parse().unwrap();
-    Running(child, pid)
+    start_ready(&go_program("idle", version, Variant::Default), &[])
 }
 
 /// Address of `runtime.MemProfileRate`, from `go tool nm` (independent of memtrace).
@@ -239,7 +220,7 @@ fn mem_profile_rate_is_restored_and_sampling_starts_at_once() {
         for ending in ["duration", "SIGINT", "SIGTERM"] {
             let what = format!("idle {version}, ending by {ending}");
             let idle = start_idle(version);
-            assert_eq!(read_rate(idle.1, address), 0, "{what}: before");
+            assert_eq!(read_rate(idle.pid, address), 0, "{what}: before");
             let json = temp_json(&format!("restore-{version}-{ending}"));
             let mut tracer = Command::new(memtrace_bin())
                 .args([
@@ -249,14 +230,14 @@ fn mem_profile_rate_is_restored_and_sampling_starts_at_once() {
                     "--json",
                 ])
                 .arg(&json)
-                .args(["--pid", &idle.1.to_string()])
+                .args(["--pid", &idle.pid.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
             std::thread::sleep(Duration::from_millis(1500));
             assert_eq!(
-                read_rate(idle.1, address),
+                read_rate(idle.pid, address),
                 512 * 1024,
                 "{what}: while attached"
             );
@@ -269,7 +250,7 @@ fn mem_profile_rate_is_restored_and_sampling_starts_at_once() {
             };
             let status = tracer.wait().unwrap();
             assert_eq!(status.code(), Some(0), "{what}");
-            assert_eq!(read_rate(idle.1, address), 0, "{what}: after");
+            assert_eq!(read_rate(idle.pid, address), 0, "{what}: after");
             let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
             let _ = std::fs::remove_file(&json);
             assert_eq!(report["mem_profile_rate"]["restored"], true, "{what}");
@@ -292,7 +273,7 @@ fn read_only_mode() {
     let _serial = serialize();
     let idle = start_idle("1.26.6");
     let output = Command::new(memtrace_bin())
-        .args(["--read-only", "--pid", &idle.1.to_string()])
+        .args(["--read-only", "--pid", &idle.pid.to_string()])
         .output()
         .unwrap();
     assert_eq!(
@@ -329,18 +310,11 @@ fn deaths_of_objects_sampled_before_attach_are_counted_apart() {
         return;
     }
     let _serial = serialize();
-    let mut child = Command::new(go_program("heaporacle", "1.26.6", Variant::Default))
-        .args(["-duration", "0", "-rate", "65536"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let pid: u32 = line.trim().strip_prefix("READY ").unwrap().parse().unwrap();
-    let program = Running(child, pid);
+    let program = start_ready(
+        &go_program("heaporacle", "1.26.6", Variant::Default),
+        &["-duration", "0", "-rate", "65536"],
+    );
+    let pid = program.pid;
     // Let it sample churn on its own for a while.
     std::thread::sleep(Duration::from_secs(2));
     let json = temp_json("unmatched");

@@ -112,3 +112,78 @@ pub fn site<'a>(report: &'a Value, function: &str) -> Option<&'a Value> {
         .iter()
         .find(|site| site["function"] == function)
 }
+
+/// A Go test program that announced itself with `READY <pid>`; killed when dropped.
+pub struct Running {
+    pub child: std::process::Child,
+    pub pid: u32,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `program` and waits for its `READY <pid>` line.
+pub fn start_ready(program: &Path, args: &[&str]) -> Running {
+    use std::io::{BufRead, BufReader};
+
+    let mut child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("a READY line");
+    let pid = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: expected `READY <pid>`, got {line:?}",
+                program.display()
+            )
+        });
+    Running { child, pid }
+}
+
+/// One `#[test]` per Go version, each running `$check(version)` when BPF is available, one at
+/// a time.
+#[macro_export]
+macro_rules! per_go_version {
+    ($check:ident) => {
+        #[test]
+        fn go_1_21() {
+            $crate::common::run_for_version($check, 0);
+        }
+        #[test]
+        fn go_1_22() {
+            $crate::common::run_for_version($check, 1);
+        }
+        #[test]
+        fn go_1_24() {
+            $crate::common::run_for_version($check, 2);
+        }
+        #[test]
+        fn go_1_26() {
+            $crate::common::run_for_version($check, 3);
+        }
+        #[test]
+        fn go_1_27() {
+            $crate::common::run_for_version($check, 4);
+        }
+    };
+}
+
+pub fn run_for_version(check: fn(&str), index: usize) {
+    if memtrace_tests::fixtures::require_bpf().is_ok() {
+        let _serial = serialize();
+        check(memtrace_tests::fixtures::GO_VERSIONS[index]);
+    }
+}
