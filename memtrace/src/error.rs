@@ -37,7 +37,7 @@ pub enum Error {
         oldest: u32,
         newest: u32,
     },
-    #[error("cannot read {path}: {source}")]
+    #[error("{path}: {source}")]
     Binary {
         path: PathBuf,
         #[source]

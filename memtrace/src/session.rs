@@ -270,6 +270,15 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
     ));
     // Whatever happened, the target gets its own rate back before memtrace goes.
     let mem_profile_rate = rate.finish();
+    if let (Err(_), Some(child)) = (&loop_result, &held_child) {
+        // memtrace cannot go on (e.g. --read-only on a program that does not sample): a program
+        // it started does not outlive it untraced.
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            libc::kill(child.pid as i32, libc::SIGTERM);
+            libc::waitpid(child.pid as i32, std::ptr::null_mut(), 0);
+        }
+    }
     let mut target_exit = loop_result?;
     let duration_s = started.elapsed().as_secs_f64();
     let stats = tracer.stats(target.pid)?;
