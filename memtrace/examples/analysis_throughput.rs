@@ -59,6 +59,28 @@ fn bytes_of<T>(value: &T) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
+/// The record of one sampled 64-byte object.
+fn object_alloc(ptr: u64, ts_ns: u64, stack: &[u64]) -> Vec<u8> {
+    let mut frames = [0u64; MAX_STACK_DEPTH];
+    frames[..stack.len()].copy_from_slice(stack);
+    bytes_of(&AllocSample {
+        header: RecordHeader {
+            tag: tag::OBJECT_ALLOC,
+            tgid: 1,
+            ts_ns,
+        },
+        size: 64,
+        slot_size: 64,
+        g: 0,
+        ptr,
+        header_word: 0,
+        goid: 1,
+        class: memtrace_common::class::PROFILED,
+        stack_len: stack.len() as u32,
+        stack: frames,
+    })
+}
+
 /// Stacks made of real return addresses of the binary, 20 frames deep, 200 distinct ones.
 fn stacks(binary: &GoBinary) -> Vec<Vec<u64>> {
     let functions =
@@ -128,27 +150,9 @@ fn main() {
                 size: 64,
             }));
         } else {
-            let stack = &stacks[i % stacks.len()];
-            let mut frames = [0u64; MAX_STACK_DEPTH];
-            frames[..stack.len()].copy_from_slice(stack);
             next_ptr += 64;
             live.push_back(next_ptr);
-            stream.push(bytes_of(&AllocSample {
-                header: RecordHeader {
-                    tag: tag::OBJECT_ALLOC,
-                    tgid: 1,
-                    ts_ns,
-                },
-                size: 64,
-                slot_size: 64,
-                g: 0,
-                ptr: next_ptr,
-                header_word: 0,
-                goid: 1,
-                class: memtrace_common::class::PROFILED,
-                stack_len: stack.len() as u32,
-                stack: frames,
-            }));
+            stream.push(object_alloc(next_ptr, ts_ns, &stacks[i % stacks.len()]));
         }
     }
 
@@ -177,27 +181,9 @@ fn main() {
     // Memory per tracked live object: allocate a million more, never freed.
     let live_objects = 1_000_000u64;
     let before = HEAP_BYTES.load(Ordering::Relaxed);
-    let stack = &stacks[0];
-    let mut frames = [0u64; MAX_STACK_DEPTH];
-    frames[..stack.len()].copy_from_slice(stack);
     for i in 0..live_objects {
         next_ptr += 64;
-        let record = bytes_of(&AllocSample {
-            header: RecordHeader {
-                tag: tag::OBJECT_ALLOC,
-                tgid: 1,
-                ts_ns: 2_000_000_000 + i,
-            },
-            size: 64,
-            slot_size: 64,
-            g: 0,
-            ptr: next_ptr,
-            header_word: 0,
-            goid: 1,
-            class: memtrace_common::class::PROFILED,
-            stack_len: stack.len() as u32,
-            stack: frames,
-        });
+        let record = object_alloc(next_ptr, 2_000_000_000 + i, &stacks[0]);
         analysis.record(&record, 0);
     }
     let after = HEAP_BYTES.load(Ordering::Relaxed);

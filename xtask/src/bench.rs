@@ -115,14 +115,7 @@ pub fn run(options: &Options) -> Result<ExitCode> {
             let mut command = case_command(case, &memtrace, &program, options.allocs, options);
             match measure(&mut command) {
                 Ok(measurement) => {
-                    println!(
-                        "bench: round {round}/{}: {:<12} elapsed {:>10}  wall {:>10}  CPU {:>10}",
-                        options.rounds,
-                        case.name,
-                        format_ns(measurement.elapsed),
-                        format_ns(measurement.wall),
-                        format_ns(measurement.cpu),
-                    );
+                    print_round(round, options.rounds, case.name, &measurement);
                     measurements.push(measurement);
                 }
                 Err(error) => {
@@ -169,14 +162,7 @@ fn sampled_mode(memtrace: &Path, program: &Path, options: &Options) -> Result<bo
                 case_command(case, memtrace, program, options.sampled_allocs, options);
             match measure(&mut command) {
                 Ok(measurement) => {
-                    println!(
-                        "bench: round {round}/{}: {:<12} elapsed {:>10}  wall {:>10}  CPU {:>10}",
-                        options.rounds,
-                        case.name,
-                        format_ns(measurement.elapsed),
-                        format_ns(measurement.wall),
-                        format_ns(measurement.cpu),
-                    );
+                    print_round(round, options.rounds, case.name, &measurement);
                     runs.push(measurement);
                 }
                 Err(error) => {
@@ -278,6 +264,15 @@ fn per_sample_cost(memtrace: &Path, program: &Path, options: &Options) -> Result
         format_ns(cpu),
     );
     Ok(())
+}
+
+fn print_round(round: u32, rounds: u32, name: &str, measurement: &Measurement) {
+    println!(
+        "bench: round {round}/{rounds}: {name:<12} elapsed {:>10}  wall {:>10}  CPU {:>10}",
+        format_ns(measurement.elapsed),
+        format_ns(measurement.wall),
+        format_ns(measurement.cpu),
+    );
 }
 
 /// Runs the replay example and passes its output through.
