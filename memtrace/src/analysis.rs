@@ -465,9 +465,6 @@ impl Analysis {
     fn gc(&mut self, gc: &GcEvent) {
         self.cycle = gc.cycle.unwrap_or(self.cycle + 1);
         self.gc_cycles.push(*gc);
-        if self.live.is_empty() && self.sites.iter().all(|s| s.snapshots.is_empty()) {
-            return;
-        }
         let at = self.seconds(gc.ts_ns);
         for site in &mut self.sites {
             if site.live_samples > 0 || !site.snapshots.is_empty() {
@@ -477,11 +474,6 @@ impl Analysis {
                 site.snapshots.push((at, site.live_bytes));
             }
         }
-    }
-
-    /// The current GC epoch (see the field).
-    pub fn cycle(&self) -> u64 {
-        self.cycle
     }
 
     /// Sampled objects being tracked.

@@ -146,7 +146,7 @@ impl Event {
 
 #[cfg(test)]
 mod tests {
-    use memtrace_common::{class, MAX_STACK_DEPTH};
+    use memtrace_common::MAX_STACK_DEPTH;
 
     use super::*;
 
@@ -183,7 +183,6 @@ mod tests {
         assert_eq!(event.stack, vec![0x401000, 0x402000, 0x403000]);
         // Class 9 is 112 bytes.
         assert_eq!((event.size, event.slot_size, event.goid), (100, 112, 9));
-        let _ = class::LARGE;
     }
 
     #[test]
