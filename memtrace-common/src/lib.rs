@@ -38,6 +38,10 @@ pub mod tag {
     /// A bare [`RecordHeader`](super::RecordHeader): `runtime.main` started, so the runtime
     /// has finished `schedinit` (launch mode writes `MemProfileRate` after this).
     pub const RUNTIME_READY: u32 = 5;
+    /// A [`GoroutineCreate`](super::GoroutineCreate).
+    pub const GOROUTINE_CREATE: u32 = 6;
+    /// A [`GoroutineExit`](super::GoroutineExit).
+    pub const GOROUTINE_EXIT: u32 = 7;
 }
 
 /// Which allocation entry point a probe sits on. It decides how the probe turns the requested
@@ -152,6 +156,41 @@ pub struct GcCycle {
 }
 const _: () = assert!(core::mem::size_of::<GcCycle>() == 16 + 8 * 5 + 8);
 
+/// A goroutine was created (`newproc` handing the new `g` to `runqput`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoroutineCreate {
+    pub header: RecordHeader,
+    /// The new goroutine's id.
+    pub goid: u64,
+    /// Id of the goroutine that ran the `go` statement (`g.parentGoid`).
+    pub parent_goid: u64,
+    /// Address of the new `g` (reused by the runtime after the goroutine exits).
+    pub g: u64,
+    /// `g.startpc`: entry of the function the goroutine runs.
+    pub start_pc: u64,
+    /// `g.gopc`: return address of the `go` statement's call to `newproc`.
+    pub go_pc: u64,
+    /// Number of valid entries in `stack` (0 when the stack could not be captured).
+    pub stack_len: u32,
+    pub _pad: u32,
+    /// The creating goroutine's stack, innermost first: the runtime's `systemstack` frames,
+    /// then the code holding the `go` statement.
+    pub stack: [u64; MAX_STACK_DEPTH],
+}
+const _: () = assert!(core::mem::size_of::<GoroutineCreate>() == 16 + 8 * 6 + 8 * MAX_STACK_DEPTH);
+
+/// A goroutine exited (`runtime.gdestroy`, or `goexit0` before Go 1.22).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoroutineExit {
+    pub header: RecordHeader,
+    pub goid: u64,
+    /// Address of its `g`.
+    pub g: u64,
+}
+const _: () = assert!(core::mem::size_of::<GoroutineExit>() == 32);
+
 /// What the probes need to know about one traced process, written by userspace into the
 /// `TARGETS` map (keyed by tgid) before the probes are attached. Processes without an entry
 /// are ignored (and counted).
@@ -180,8 +219,13 @@ pub struct TargetConfig {
     /// `special.kind` (u8) offset, and the kind value of heap-profile specials.
     pub special_kind: u32,
     pub profile_special_kind: u32,
+    /// `g.parentGoid`, `g.gopc` and `g.startpc`.
+    pub g_parent_goid: u32,
+    pub g_gopc: u32,
+    pub g_startpc: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<TargetConfig>() == 8 * 5 + 4 * 8);
+const _: () = assert!(core::mem::size_of::<TargetConfig>() == 8 * 5 + 4 * 12);
 
 /// Exact allocation totals and loss counters of one target on one CPU (a `PerCpuHashMap`
 /// value keyed by tgid). Userspace sums the CPUs.
@@ -217,8 +261,12 @@ pub struct TargetStats {
     /// Objects the runtime's heap profiler sampled, and how many of those the sweeper freed.
     pub objects_sampled: u64,
     pub objects_freed: u64,
+    /// Goroutines created and exited while the probes were attached (exact, whether or not
+    /// their records reached userspace).
+    pub goroutines_created: u64,
+    pub goroutines_exited: u64,
 }
-const _: () = assert!(core::mem::size_of::<TargetStats>() == 8 * (6 + NUM_SIZE_CLASSES + 9));
+const _: () = assert!(core::mem::size_of::<TargetStats>() == 8 * (6 + NUM_SIZE_CLASSES + 11));
 
 impl TargetStats {
     pub const ZERO: Self = Self {
@@ -238,6 +286,8 @@ impl TargetStats {
         sample_countdown: 0,
         objects_sampled: 0,
         objects_freed: 0,
+        goroutines_created: 0,
+        goroutines_exited: 0,
     };
 }
 

@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 
 use crate::{
     events::{AllocEvent, Event, FreeEvent, GcEvent},
+    goroutines::Goroutines,
     symbolize::{Frame, Symbolizer},
 };
 
@@ -166,6 +167,8 @@ pub struct Analysis {
     type_names: HashMap<u64, Option<String>>,
     /// When the first object sampled by the heap profiler arrived (CLOCK_MONOTONIC ns).
     pub first_object_ns: Option<u64>,
+    /// Goroutine lifecycles and goroutine leaks.
+    pub goroutines: Goroutines,
 }
 
 /// Probability that the sampler picks an allocation of `size` bytes when it samples on
@@ -182,7 +185,7 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 /// Least-squares slope and R² of `points`.
-fn linear_fit(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+pub(crate) fn linear_fit(points: &[(f64, f64)]) -> Option<(f64, f64)> {
     let n = points.len() as f64;
     if points.len() < 2 {
         return None;
@@ -230,6 +233,7 @@ impl Analysis {
             deaths: None,
             type_names: HashMap::new(),
             first_object_ns: None,
+            goroutines: Goroutines::new(),
         }
     }
 
@@ -262,12 +266,7 @@ impl Analysis {
     }
 
     pub fn event(&mut self, event: &Event, load_bias: u64) {
-        let ts = match event {
-            Event::Alloc(e) | Event::ObjectAlloc(e) => e.ts_ns,
-            Event::ObjectFree(e) => e.ts_ns,
-            Event::Gc(e) => e.ts_ns,
-            Event::RuntimeReady { ts_ns, .. } => *ts_ns,
-        };
+        let ts = event.ts_ns();
         self.origin_ns.get_or_insert(ts);
         self.last_ns = self.last_ns.max(ts);
         match event {
@@ -278,6 +277,15 @@ impl Analysis {
             Event::ObjectFree(free) => self.object_free(free),
             Event::Gc(gc) => self.gc(gc),
             Event::RuntimeReady { ts_ns, .. } => self.runtime_ready = Some(*ts_ns),
+            Event::GoroutineCreate(created) => {
+                self.goroutines
+                    .create(created, &mut self.symbolizer, load_bias)
+            }
+            Event::GoroutineExit(exit) => self.goroutines.exit(exit),
+            Event::GoroutineScan(scan) => {
+                self.goroutines
+                    .scan(scan, &mut self.symbolizer, load_bias)
+            }
         }
     }
 

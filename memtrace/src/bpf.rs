@@ -44,16 +44,22 @@ pub enum Program {
     ObjectFree,
     /// `runtime.main` started.
     RuntimeReady,
+    /// A goroutine was created.
+    GoroutineCreate,
+    /// A goroutine exited.
+    GoroutineExit,
 }
 
 impl Program {
-    const ALL: [Program; 6] = [
+    const ALL: [Program; 8] = [
         Program::AllocEntry,
         Program::AllocFloor,
         Program::GcCycle,
         Program::ObjectAlloc,
         Program::ObjectFree,
         Program::RuntimeReady,
+        Program::GoroutineCreate,
+        Program::GoroutineExit,
     ];
 
     fn name(self) -> &'static str {
@@ -64,6 +70,8 @@ impl Program {
             Program::ObjectAlloc => "object_alloc",
             Program::ObjectFree => "object_free",
             Program::RuntimeReady => "runtime_ready",
+            Program::GoroutineCreate => "goroutine_create",
+            Program::GoroutineExit => "goroutine_exit",
         }
     }
 }
@@ -315,6 +323,8 @@ pub fn sum_stats<'a>(per_cpu: impl IntoIterator<Item = &'a TargetStats>) -> Targ
         total.read_failures += s.read_failures;
         total.objects_sampled += s.objects_sampled;
         total.objects_freed += s.objects_freed;
+        total.goroutines_created += s.goroutines_created;
+        total.goroutines_exited += s.goroutines_exited;
     }
     total
 }

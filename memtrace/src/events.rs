@@ -3,7 +3,10 @@
 //! Live sessions decode records straight from the ring buffer; recorded traces will decode the
 //! same bytes from a file. Both feed the same analysis.
 
-use memtrace_common::{tag, AllocSample, GcCycle, ObjectFree, RecordHeader, NUM_SIZE_CLASSES};
+use memtrace_common::{
+    tag, AllocSample, GcCycle, GoroutineCreate, GoroutineExit, ObjectFree, RecordHeader,
+    NUM_SIZE_CLASSES,
+};
 
 use crate::runtime::class_size;
 
@@ -22,6 +25,77 @@ pub enum Event {
         pid: u32,
         ts_ns: u64,
     },
+    GoroutineCreate(GoroutineCreateEvent),
+    GoroutineExit(GoroutineExitEvent),
+    /// The states of the target's goroutines, read from its memory (not from the ring buffer).
+    GoroutineScan(GoroutineScan),
+}
+
+impl Event {
+    /// When it happened (CLOCK_MONOTONIC ns).
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::Alloc(e) | Event::ObjectAlloc(e) => e.ts_ns,
+            Event::ObjectFree(e) => e.ts_ns,
+            Event::Gc(e) => e.ts_ns,
+            Event::RuntimeReady { ts_ns, .. } => *ts_ns,
+            Event::GoroutineCreate(e) => e.ts_ns,
+            Event::GoroutineExit(e) => e.ts_ns,
+            Event::GoroutineScan(e) => e.ts_ns,
+        }
+    }
+}
+
+/// A goroutine was created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoroutineCreateEvent {
+    pub pid: u32,
+    pub ts_ns: u64,
+    pub goid: u64,
+    pub parent_goid: u64,
+    /// Address of its `g`.
+    pub g: u64,
+    /// Runtime address of the function it runs.
+    pub start_pc: u64,
+    /// Runtime return address of the `go` statement's call.
+    pub go_pc: u64,
+    /// The creator's stack (runtime addresses, innermost first); empty when not captured.
+    pub stack: Vec<u64>,
+}
+
+/// A goroutine exited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoroutineExitEvent {
+    pub pid: u32,
+    pub ts_ns: u64,
+    pub goid: u64,
+    pub g: u64,
+}
+
+/// One goroutine as a scan of the runtime's goroutine list found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoroutineState {
+    pub goid: u64,
+    pub g: u64,
+    /// `g.atomicstatus` without the `_Gscan` bit.
+    pub status: u32,
+    /// `g.waitreason` (an index into the runtime's `waitReasonStrings`).
+    pub wait_reason: u8,
+    pub parent_goid: u64,
+    pub start_pc: u64,
+    pub go_pc: u64,
+}
+
+/// The goroutines of a target at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoroutineScan {
+    pub pid: u32,
+    pub ts_ns: u64,
+    /// Every `g` read: from the runtime's list of all goroutines when the binary has symbols,
+    /// plus those memtrace saw created. Dead ones included (their `g` is free for reuse).
+    pub goroutines: Vec<GoroutineState>,
+    /// Whether the runtime's whole list was read (else only goroutines seen created).
+    pub complete: bool,
 }
 
 /// The sweeper freed a sampled object.
@@ -139,6 +213,31 @@ impl Event {
                     heap_goal: cycle.heap_goal,
                 }))
             }
+            tag::GOROUTINE_CREATE => {
+                let created: GoroutineCreate =
+                    read_record(bytes).ok_or(DecodeError::Truncated(bytes.len()))?;
+                let depth = (created.stack_len as usize).min(created.stack.len());
+                Ok(Event::GoroutineCreate(GoroutineCreateEvent {
+                    pid: header.tgid,
+                    ts_ns: header.ts_ns,
+                    goid: created.goid,
+                    parent_goid: created.parent_goid,
+                    g: created.g,
+                    start_pc: created.start_pc,
+                    go_pc: created.go_pc,
+                    stack: created.stack[..depth].to_vec(),
+                }))
+            }
+            tag::GOROUTINE_EXIT => {
+                let exit: GoroutineExit =
+                    read_record(bytes).ok_or(DecodeError::Truncated(bytes.len()))?;
+                Ok(Event::GoroutineExit(GoroutineExitEvent {
+                    pid: header.tgid,
+                    ts_ns: header.ts_ns,
+                    goid: exit.goid,
+                    g: exit.g,
+                }))
+            }
             other => Err(DecodeError::UnknownTag(other)),
         }
     }
@@ -205,6 +304,52 @@ mod tests {
         assert_eq!(
             Event::decode(&bytes_of(&header)),
             Err(DecodeError::Truncated(16))
+        );
+    }
+
+    #[test]
+    fn decodes_goroutine_records() {
+        let mut stack = [0u64; MAX_STACK_DEPTH];
+        stack[..2].copy_from_slice(&[0x401000, 0x402000]);
+        let created = GoroutineCreate {
+            header: RecordHeader {
+                tag: tag::GOROUTINE_CREATE,
+                tgid: 7,
+                ts_ns: 11,
+            },
+            goid: 35,
+            parent_goid: 1,
+            g: 0xc000007000,
+            start_pc: 0x480000,
+            go_pc: 0x481234,
+            stack_len: 2,
+            _pad: 0,
+            stack,
+        };
+        let Event::GoroutineCreate(event) = Event::decode(&bytes_of(&created)).unwrap() else {
+            panic!("not a creation");
+        };
+        assert_eq!(
+            (event.goid, event.parent_goid, event.start_pc, event.go_pc),
+            (35, 1, 0x480000, 0x481234)
+        );
+        assert_eq!(event.stack, vec![0x401000, 0x402000]);
+        let exit = GoroutineExit {
+            header: RecordHeader {
+                tag: tag::GOROUTINE_EXIT,
+                tgid: 7,
+                ts_ns: 12,
+            },
+            goid: 35,
+            g: 0xc000007000,
+        };
+        let Event::GoroutineExit(event) = Event::decode(&bytes_of(&exit)).unwrap() else {
+            panic!("not an exit");
+        };
+        assert_eq!((event.goid, event.g, event.ts_ns), (35, 0xc000007000, 12));
+        assert_eq!(
+            Event::decode(&bytes_of(&exit)[..24]),
+            Err(DecodeError::Truncated(24))
         );
     }
 

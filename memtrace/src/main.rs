@@ -56,6 +56,11 @@ struct Cli {
     #[arg(long, default_value = "64K", value_parser = parse_bytes, value_name = "BYTES", help_heading = "Tracing")]
     stack_sample_bytes: u64,
 
+    /// Do not track goroutines (creation, exit, states, goroutine leaks): saves two probe hits
+    /// per goroutine in programs that start many.
+    #[arg(long, help_heading = "Tracing")]
+    no_goroutines: bool,
+
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE", help_heading = "Output")]
     json: Option<PathBuf>,
@@ -205,6 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         },
         keep_deaths: cli.lifetimes.is_some(),
+        goroutines: !cli.no_goroutines,
         live: !cli.no_live,
         live_interval: cli.interval,
         top: cli.top,

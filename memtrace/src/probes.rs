@@ -15,7 +15,7 @@
 use memtrace_common::entry;
 
 use crate::{
-    binary::{entry_probe_offset, Function, GoBinary},
+    binary::{call_offsets, entry_probe_offset, Function, GoBinary},
     error::{Error, Result},
 };
 
@@ -43,6 +43,10 @@ pub struct ProbePlan {
     pub object_free: Option<ProbeSite>,
     /// `runtime.main`: the runtime finished initializing.
     pub runtime_ready: Option<ProbeSite>,
+    /// The `call runtime.runqput` in `runtime.newproc.func1`: a goroutine was created.
+    pub goroutine_create: Option<ProbeSite>,
+    /// `runtime.gdestroy` (1.22+) or `runtime.goexit0` (1.21): a goroutine exited.
+    pub goroutine_exit: Option<ProbeSite>,
 }
 
 /// The five functions Go 1.24+ mallocgc dispatches to.
@@ -108,8 +112,41 @@ impl ProbePlan {
             object_alloc: optional("runtime.profilealloc")?,
             object_free: optional("runtime.freeSpecial")?,
             runtime_ready: optional("runtime.main")?,
+            goroutine_create: goroutine_create_site(binary)?,
+            goroutine_exit: match binary.function("runtime.gdestroy") {
+                Some(f) => Some(probe_site(binary, &f, 0)?),
+                None => optional("runtime.goexit0")?,
+            },
         })
     }
+}
+
+/// Where a new goroutine is handed to the scheduler: `newproc` runs
+/// `systemstack(func() { newg := newproc1(...); runqput(pp, newg, true); ... })` in every
+/// supported version, and that closure is the only caller of `runqput` that creates goroutines
+/// (`runqput` itself also runs for every wakeup). `None` when the closure or the call is not
+/// there (inlined or renamed by a future compiler).
+fn goroutine_create_site(binary: &GoBinary) -> Result<Option<ProbeSite>> {
+    let (Some(closure), Some(runqput)) = (
+        binary.function("runtime.newproc.func1"),
+        binary.function("runtime.runqput"),
+    ) else {
+        return Ok(None);
+    };
+    let code = binary.code(&closure).map_err(|source| Error::Binary {
+        path: binary.path().to_path_buf(),
+        source,
+    })?;
+    let [offset] = call_offsets(code, closure.addr, runqput.addr)[..] else {
+        return Ok(None);
+    };
+    let vaddr = closure.addr + offset;
+    Ok(binary.file_offset(vaddr).map(|file_offset| ProbeSite {
+        function: format!("{}+0x{offset:x}", closure.name),
+        vaddr,
+        file_offset,
+        entry_kind: 0,
+    }))
 }
 
 fn probe_site(binary: &GoBinary, function: &Function, entry_kind: u64) -> Result<ProbeSite> {
@@ -196,6 +233,18 @@ mod tests {
                 "{version}: runtime.freeSpecial"
             );
             assert!(default.runtime_ready.is_some(), "{version}: runtime.main");
+            let create = default.goroutine_create.as_ref().expect("goroutine creation site");
+            assert!(
+                create.function.starts_with("runtime.newproc.func1+0x"),
+                "{version}: {create:?}"
+            );
+            let exit = default.goroutine_exit.as_ref().expect("goroutine exit site");
+            let expected_exit = if version == "1.21.13" {
+                "runtime.goexit0"
+            } else {
+                "runtime.gdestroy"
+            };
+            assert_eq!(exit.function, expected_exit, "{version}");
             // Stripping keeps every address (found through .gopclntab instead of .symtab).
             assert_eq!(plans[1], *default, "{version}: stripped plan");
             // PIE moves code but finds the same functions.

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     analysis::{Analysis, Sampling as AnalysisSampling},
+    goroutines::{GoroutineGroup, Origin},
     runtime::class_size,
     symbolize::Frame,
 };
@@ -34,6 +35,100 @@ pub struct Report {
     /// GC cycles, most suspicious first; empty when nothing leaks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leak_suspects: Option<Vec<LeakSuspect>>,
+    /// Goroutine counts (absent with --no-goroutines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goroutines: Option<GoroutineCounts>,
+    /// Groups of goroutines that keep growing while blocked, most suspicious first; empty when
+    /// nothing leaks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goroutine_leaks: Option<Vec<GoroutineGroupReport>>,
+    /// The largest groups of long-lived goroutines (leaking or not), largest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goroutine_groups: Option<Vec<GoroutineGroupReport>>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GoroutineCounts {
+    /// Goroutines alive at the end, as `runtime.NumGoroutine` counts them (no runtime ones).
+    pub live: u64,
+    /// Goroutines created and exited while memtrace was attached (no runtime ones).
+    pub created: u64,
+    pub exited: u64,
+    /// Live runtime goroutines (GC workers, sweeper, finalizers, ...).
+    pub system: u64,
+    /// Live goroutines whose creation memtrace did not see: they existed before it attached
+    /// (or their record was lost). Their age is unknown.
+    pub unknown_age: u64,
+    /// Goroutines the first scan found, created before memtrace attached.
+    pub before_attach: u64,
+    /// Goroutines later scans found whose creation record never arrived.
+    pub found_by_scan: u64,
+    /// Creations and exits the probes counted, runtime goroutines included (exact, even when
+    /// records were dropped).
+    pub probe_creations: u64,
+    pub probe_exits: u64,
+    /// Exits found by a scan whose record had not arrived, and exit records of goroutines
+    /// memtrace never knew (exited between attach and the first scan).
+    pub exits_inferred: u64,
+    pub unmatched_exits: u64,
+    /// Scans of the target's goroutines, and whether they read the runtime's whole list (a
+    /// binary without symbols only shows goroutines created after attach).
+    pub scans: u64,
+    pub scan_failures: u64,
+    pub complete_scans: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GoroutineGroupReport {
+    /// The code holding the `go` statement.
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    /// The function the goroutines run.
+    pub start_function: String,
+    /// Creation stack, innermost (the `go` statement) first; empty for goroutines created
+    /// before attach.
+    pub stack: Vec<Frame>,
+    /// What the members wait for ("chan send", "select", "sync.Mutex.Lock", ...), or their
+    /// state when not waiting ("running", "runnable", "syscall").
+    pub wait_reason: String,
+    pub count: u64,
+    pub blocked: u64,
+    /// Growth of the group, goroutines per second (least squares over its scans).
+    pub growth_per_s: f64,
+    /// Age of the oldest member whose creation memtrace saw; null when none was seen.
+    pub oldest_age_s: Option<f64>,
+    /// Members created before memtrace attached: their age is unknown.
+    pub unknown_age: u64,
+    /// R² of the growth: 1 is perfectly steady.
+    pub steadiness: f64,
+    pub score: f64,
+    pub leak: bool,
+    /// Member goroutine ids, oldest first (at most 1000).
+    pub goids: Vec<u64>,
+}
+
+impl GoroutineGroupReport {
+    fn of(group: &GoroutineGroup, origins: &[Origin]) -> GoroutineGroupReport {
+        let origin = &origins[group.origin as usize];
+        GoroutineGroupReport {
+            function: origin.site.function.clone(),
+            file: origin.site.file.clone(),
+            line: origin.site.line,
+            start_function: origin.start_function.clone(),
+            stack: origin.stack.to_vec(),
+            wait_reason: group.state.clone(),
+            count: u64::from(group.count),
+            blocked: u64::from(group.blocked),
+            growth_per_s: group.growth_per_s,
+            oldest_age_s: group.oldest_age_s,
+            unknown_age: u64::from(group.unknown_age),
+            steadiness: group.steadiness,
+            score: group.score,
+            leak: group.leak,
+            goids: group.goids.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -237,6 +332,10 @@ pub fn slot_bytes(stats: &TargetStats) -> u64 {
 
 pub struct ReportInput<'a> {
     pub target: TargetInfo,
+    /// Whether goroutines were tracked.
+    pub goroutines: bool,
+    /// Goroutine groups listed.
+    pub top: usize,
     pub duration_s: f64,
     pub stats: &'a TargetStats,
     pub global_counters: &'a [u64],
@@ -249,6 +348,8 @@ impl Report {
     pub fn build(input: ReportInput<'_>) -> Report {
         let ReportInput {
             target,
+            goroutines,
+            top,
             duration_s,
             stats,
             global_counters,
@@ -430,6 +531,40 @@ impl Report {
             },
             alloc_sites,
             leak_suspects,
+            goroutines: goroutines.then(|| {
+                let g = &analysis.goroutines;
+                GoroutineCounts {
+                    live: g.live_user() as u64,
+                    created: g.created,
+                    exited: g.exited,
+                    system: g.live_system() as u64,
+                    unknown_age: g.live_unknown_age() as u64,
+                    before_attach: g.before_attach,
+                    found_by_scan: g.found_by_scan,
+                    probe_creations: stats.goroutines_created,
+                    probe_exits: stats.goroutines_exited,
+                    exits_inferred: g.exits_inferred,
+                    unmatched_exits: g.unmatched_exits,
+                    scans: g.scans,
+                    scan_failures: g.scan_failures,
+                    complete_scans: g.complete_scans,
+                }
+            }),
+            goroutine_leaks: goroutines.then(|| {
+                let g = &analysis.goroutines;
+                g.leaks()
+                    .into_iter()
+                    .map(|group| GoroutineGroupReport::of(group, g.origins()))
+                    .collect()
+            }),
+            goroutine_groups: goroutines.then(|| {
+                let g = &analysis.goroutines;
+                g.groups()
+                    .iter()
+                    .take(top)
+                    .map(|group| GoroutineGroupReport::of(group, g.origins()))
+                    .collect()
+            }),
         }
     }
 
@@ -556,7 +691,49 @@ impl Report {
                 }
             }
         }
+        self.goroutines_text(&mut out, top);
         out
+    }
+
+    fn goroutines_text(&self, out: &mut String, top: usize) {
+        let Some(counts) = &self.goroutines else {
+            return;
+        };
+        let _ = writeln!(out, "\n{}", goroutine_line(counts));
+        if let Some(groups) = &self.goroutine_groups {
+            if !groups.is_empty() {
+                let _ = writeln!(out, "long-lived goroutines (by go statement, function, state):");
+                out.push_str(&goroutine_table(groups.iter().take(top)));
+            }
+        }
+        match self.goroutine_leaks.as_deref() {
+            Some([]) | None => {
+                let _ = writeln!(out, "\ngoroutine leaks: none");
+            }
+            Some(leaks) => {
+                let _ = writeln!(out, "\ngoroutine leaks (most suspicious first):");
+                for (rank, leak) in leaks.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "  {}. {} goroutines running {} blocked on \"{}\", +{:.1}/s, oldest {}, created at {} {}",
+                        rank + 1,
+                        leak.count,
+                        leak.start_function,
+                        leak.wait_reason,
+                        leak.growth_per_s,
+                        age_text(leak.oldest_age_s, leak.unknown_age),
+                        leak.function,
+                        location(&leak.file, leak.line),
+                    );
+                }
+                if let Some(first) = leaks.first() {
+                    if !first.stack.is_empty() {
+                        let _ = writeln!(out, "\ncreation stack of goroutine leak 1 (innermost first):");
+                        write_stack(out, &first.stack);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -570,6 +747,66 @@ fn write_stack(out: &mut String, stack: &[Frame]) {
             location(&frame.file, frame.line)
         );
     }
+}
+
+/// "12s", or "unknown (before attach)" when members predate memtrace.
+fn age_text(oldest_age_s: Option<f64>, unknown_age: u64) -> String {
+    match (oldest_age_s, unknown_age) {
+        (_, n) if n > 0 => "unknown (before attach)".into(),
+        (Some(age), _) => format!("{age:.0}s"),
+        (None, _) => "-".into(),
+    }
+}
+
+/// The goroutine counts in one line.
+pub fn goroutine_line(counts: &GoroutineCounts) -> String {
+    format!(
+        "goroutines: {} live ({} of unknown age), {} created, {} exited; {} runtime goroutines; \
+         {} exits without a creation, {} exits and {} creations only found by scans{}",
+        counts.live,
+        counts.unknown_age,
+        counts.created,
+        counts.exited,
+        counts.system,
+        counts.unmatched_exits,
+        counts.exits_inferred,
+        counts.found_by_scan,
+        if counts.complete_scans || counts.scans == 0 {
+            ""
+        } else {
+            " (no symbols: goroutines from before attach are not seen)"
+        }
+    )
+}
+
+/// A table of goroutine groups.
+pub fn goroutine_table<'a>(groups: impl Iterator<Item = &'a GoroutineGroupReport>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>7} {:>8} {:>9} {:>10}  {:<22} {:<28} go statement",
+        "count", "blocked", "growth/s", "oldest", "state", "function"
+    );
+    for group in groups {
+        let _ = writeln!(
+            out,
+            "{:>7} {:>8} {:>9.1} {:>10}  {:<22} {:<28} {} {}{}",
+            group.count,
+            group.blocked,
+            group.growth_per_s,
+            match (group.oldest_age_s, group.unknown_age) {
+                (_, n) if n > 0 => "unknown".into(),
+                (Some(age), _) => format!("{age:.0}s"),
+                (None, _) => "-".into(),
+            },
+            group.wait_reason,
+            group.start_function,
+            group.function,
+            location(&group.file, group.line),
+            if group.leak { "  LEAK" } else { "" }
+        );
+    }
+    out
 }
 
 /// One line naming every kind of loss, so nothing is lost silently.

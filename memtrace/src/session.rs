@@ -19,6 +19,7 @@ use crate::{
     bpf::{Program, Tracer},
     error::{Error, Result},
     events::Event,
+    goroutines::scan::GoroutineReader,
     memrate::{read_rate, RateOverride},
     probes::{ProbePlan, ProbeSite},
     report::{
@@ -59,6 +60,8 @@ pub struct SessionOptions {
     pub mode: Mode,
     /// Keep every paired death (for `--lifetimes`).
     pub keep_deaths: bool,
+    /// Track goroutines from creation to exit.
+    pub goroutines: bool,
     /// Redraw the live view on stderr (only when stderr is a terminal).
     pub live: bool,
     pub live_interval: Duration,
@@ -132,6 +135,9 @@ fn target_config(target: &Target, load_bias: Option<u64>, mode: Mode) -> TargetC
             32768
         },
         g_goid: layout.g_goid,
+        g_parent_goid: layout.g_parent_goid,
+        g_gopc: layout.g_gopc,
+        g_startpc: layout.g_startpc,
         g_m: layout.g_m,
         m_p: layout.m_p,
         p_mcache: layout.p_mcache,
@@ -227,6 +233,7 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
         &target,
         options.mode,
         held_child.is_some(),
+        options.goroutines,
     )?;
     let mut rate = RateControl::new(&target, options.mode)?;
     if held_child.is_none() {
@@ -256,10 +263,12 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
     if options.keep_deaths {
         analysis.keep_deaths();
     }
+    let mut goroutine_reader = options.goroutines.then(GoroutineScanner::default);
     let loop_result = runtime.block_on(event_loop(
         &options,
         &mut tracer,
         &target,
+        goroutine_reader.as_mut(),
         ring,
         watch,
         held_child.is_some(),
@@ -287,6 +296,8 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
 
     let build = target.binary.build_info();
     let mut report = Report::build(ReportInput {
+        goroutines: options.goroutines,
+        top: options.top,
         target: TargetInfo {
             pid: target.pid,
             exe: target.exe.display().to_string(),
@@ -322,6 +333,7 @@ async fn event_loop(
     options: &SessionOptions,
     tracer: &mut Tracer,
     target: &Target,
+    mut goroutine_scanner: Option<&mut GoroutineScanner>,
     ring: RingBuf<MapData>,
     watch: OwnedFd,
     launched: bool,
@@ -348,6 +360,8 @@ async fn event_loop(
     // otherwise the queue is drained on this timer.
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut scan_tick = tokio::time::interval(GOROUTINE_SCAN_INTERVAL);
+    scan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut tick = tokio::time::interval(options.live_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let live = options.live && std::io::stderr().is_terminal();
@@ -363,6 +377,13 @@ async fn event_loop(
             }
             _ = drain_tick.tick() => {
                 drain(ring.get_mut(), analysis, rate, target, options.mode)?;
+            }
+            _ = scan_tick.tick(), if goroutine_scanner.is_some() => {
+                // Everything the probes sent so far first, so that the scan is the newest news.
+                drain(ring.get_mut(), analysis, rate, target, options.mode)?;
+                if let Some(scanner) = goroutine_scanner.as_deref_mut() {
+                    scanner.scan(target, analysis);
+                }
             }
             guard = async { logger.as_mut().expect("guarded by the branch condition").readable_mut().await }, if logger.is_some() => {
                 if let Ok(mut guard) = guard {
@@ -410,6 +431,10 @@ async fn event_loop(
     rate.restore();
     tracer.detach_all();
     drain(ring.get_mut(), analysis, rate, target, options.mode)?;
+    if let (Some(scanner), None) = (goroutine_scanner, target_exit) {
+        // The last word on states (unless the target is gone).
+        scanner.scan(target, analysis);
+    }
     Ok(target_exit)
 }
 
@@ -421,6 +446,41 @@ const CONSUMER_NICE: libc::c_int = 10;
 
 /// How often queued records are read when the probes did not ask for a wakeup.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Goroutine groups the live view lists.
+const GOROUTINE_GROUPS_SHOWN: usize = 3;
+
+/// How often the target's goroutines are read (states, wait reasons, leak groups).
+const GOROUTINE_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Scans the target's goroutines into the analysis.
+#[derive(Default)]
+struct GoroutineScanner {
+    reader: Option<GoroutineReader>,
+}
+
+impl GoroutineScanner {
+    fn scan(&mut self, target: &Target, analysis: &mut Analysis) {
+        let bias = target.load_bias();
+        // Made at the first scan: a launched program's memory exists only after exec.
+        let reader = self.reader.get_or_insert_with(|| {
+            GoroutineReader::new(target.pid, &target.binary, target.layout, bias)
+        });
+        if analysis.goroutines.wait_reasons().is_empty() {
+            analysis.goroutines.set_wait_reasons(reader.wait_reasons());
+        }
+        let known: Vec<u64> = analysis.goroutines.known_gs().collect();
+        match reader.scan(monotonic_ns(), known) {
+            Ok(scan) => analysis.event(&Event::GoroutineScan(scan), bias),
+            Err(error) => {
+                analysis.goroutines.scan_failures += 1;
+                if analysis.goroutines.scan_failures == 1 {
+                    log::warn!("cannot read the goroutines of pid {}: {error}", target.pid);
+                }
+            }
+        }
+    }
+}
 
 /// Reads every queued record into the analysis; writes the sampling rate once the runtime
 /// reports it is up.
@@ -472,6 +532,7 @@ fn attach_probes(
     target: &Target,
     mode: Mode,
     launched: bool,
+    goroutines: bool,
 ) -> Result<()> {
     let (path, pid) = (target.attach_path.as_path(), target.pid);
     let all: Vec<&ProbeSite> = plan.alloc.iter().collect();
@@ -504,6 +565,23 @@ fn attach_probes(
     }
     if let Some(gc) = &plan.gc_cycle {
         tracer.attach(Program::GcCycle, &[gc], path, pid)?;
+    }
+    if goroutines {
+        let missing = |what: &str| Error::MissingRuntimeFunction {
+            path: target.exe.clone(),
+            function: what.into(),
+        };
+        let create = plan
+            .goroutine_create
+            .as_ref()
+            .ok_or_else(|| missing("runtime.newproc.func1 calling runtime.runqput"))?;
+        let exit = plan
+            .goroutine_exit
+            .as_ref()
+            .ok_or_else(|| missing("runtime.gdestroy or runtime.goexit0"))?;
+        // Exits first: a goroutine seen created is then always seen exiting.
+        tracer.attach(Program::GoroutineExit, &[exit], path, pid)?;
+        tracer.attach(Program::GoroutineCreate, &[create], path, pid)?;
     }
     Ok(())
 }
@@ -764,6 +842,50 @@ impl LiveView {
                 analysis.live_tracked()
             ));
         }
+        let mut goroutine_lines = 0;
+        if options.goroutines {
+            let g = &analysis.goroutines;
+            let leaks: Vec<String> = g
+                .leaks()
+                .iter()
+                .take(3)
+                .map(|group| {
+                    let origin = &g.origins()[group.origin as usize];
+                    format!(
+                        "{} x {} on \"{}\" from {} (+{:.1}/s)",
+                        group.count,
+                        origin.start_function,
+                        group.state,
+                        location(&origin.site.file, origin.site.line),
+                        group.growth_per_s
+                    )
+                })
+                .collect();
+            text.push_str(&format!(
+                "goroutines: {} live, {} created, {} exited | goroutine leaks: {}\n",
+                g.live_user(),
+                g.created,
+                g.exited,
+                if leaks.is_empty() {
+                    "none".to_string()
+                } else {
+                    leaks.join(", ")
+                }
+            ));
+            for group in g.groups().iter().take(GOROUTINE_GROUPS_SHOWN) {
+                let origin = &g.origins()[group.origin as usize];
+                text.push_str(&format!(
+                    "  {:>6} x {} \"{}\" from {} {}\n",
+                    group.count,
+                    origin.start_function,
+                    group.state,
+                    origin.site.function,
+                    location(&origin.site.file, origin.site.line)
+                ));
+                goroutine_lines += 1;
+            }
+            goroutine_lines += 1;
+        }
         let sites = analysis.sites();
         let table: Vec<_> = window
             .iter()
@@ -791,7 +913,9 @@ impl LiveView {
         })));
 
         // The panel: the header lines plus `top` sites, at most half the terminal.
-        let height = ((options.top + 4) as u16).min(rows / 2).max(3);
+        let height = ((options.top + 4 + goroutine_lines) as u16)
+            .min(rows / 2)
+            .max(3);
         let mut out = String::new();
         match self.panel {
             Some((panel_rows, panel_height)) if panel_rows == rows && panel_height == height => {}

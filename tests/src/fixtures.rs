@@ -29,6 +29,8 @@ pub const GO_PROGRAMS: &[&str] = &[
     "leaks",
     "heaporacle",
     "weakdeath",
+    "goleaks",
+    "gocount",
 ];
 
 /// How a Go test program is linked.

@@ -75,6 +75,25 @@ pub fn ret_offsets(code: &[u8], func_addr: u64) -> Vec<u64> {
     offsets
 }
 
+/// Offsets from the function start of every direct `call` to `callee` in `code` (the function's
+/// bytes, at address `func_addr`). A uprobe on a `call` is emulated by the kernel, not
+/// single-stepped, and sees the callee's arguments already in their registers.
+pub fn call_offsets(code: &[u8], func_addr: u64, callee: u64) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, code, func_addr, DecoderOptions::NONE);
+    let mut instruction = Instruction::default();
+    let mut offsets = Vec::new();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instruction);
+        if instruction.flow_control() == FlowControl::Call
+            && instruction.is_call_near()
+            && instruction.near_branch_target() == callee
+        {
+            offsets.push(instruction.ip().wrapping_sub(func_addr));
+        }
+    }
+    offsets
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +135,31 @@ mod tests {
         let mut far = vec![0x90; ENTRY_PROBE_MAX_BYTES];
         far.push(0x55);
         assert!(entry_probe_offset(&far, 0).is_err());
+    }
+
+    #[test]
+    fn finds_direct_calls_to_one_callee() {
+        // Go 1.21's runtime.newproc.func1, from its push %rbp: the call to runqput is at +0x2f.
+        let code = [
+            0x55, // push %rbp
+            0x48, 0x89, 0xe5, // mov %rsp,%rbp
+            0x48, 0x83, 0xec, 0x18, // sub $0x18,%rsp
+            0x48, 0x8b, 0x42, 0x08, // mov 0x8(%rdx),%rax
+            0x48, 0x8b, 0x5a, 0x10, // mov 0x10(%rdx),%rbx
+            0x48, 0x8b, 0x4a, 0x18, // mov 0x18(%rdx),%rcx
+            0xe8, 0x41, 0x00, 0x00, 0x00, // call newproc1 (0x43d8c0)
+            0x49, 0x8b, 0x56, 0x30, // mov 0x30(%r14),%rdx
+            0x48, 0x8b, 0x92, 0xd0, 0x00, 0x00, 0x00, // mov 0xd0(%rdx),%rdx
+            0x48, 0x89, 0xc3, // mov %rax,%rbx
+            0xb9, 0x01, 0x00, 0x00, 0x00, // mov $1,%ecx
+            0x48, 0x89, 0xd0, // mov %rdx,%rax
+            0xe8, 0x86, 0x40, 0x00, 0x00, // call runqput (0x441920)
+            0xff, 0xd2, // call *%rdx: indirect, never a match
+        ];
+        let start = 0x43_d866;
+        assert_eq!(call_offsets(&code, start, 0x44_1920), vec![0x2f]);
+        assert_eq!(call_offsets(&code, start, 0x43_d8c0), vec![0x14]);
+        assert!(call_offsets(&code, start, 0x40_0000).is_empty());
     }
 
     #[test]

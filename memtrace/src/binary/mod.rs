@@ -29,6 +29,7 @@ use std::{
 
 pub use buildinfo::{parse_go_version, BuildInfo, GoVersion};
 pub use disasm::{
+    call_offsets,
     entry_probe_offset, ret_offsets, ENTRY_PROBE_MAX_BYTES, ENTRY_PROBE_MAX_INSTRUCTIONS,
 };
 pub use pclntab::{InlinedFrame, PcLocation, Pclntab};
@@ -258,6 +259,14 @@ impl GoBinary {
             .symbol(name)
             .filter(|symbol| symbol.kind == object::elf::STT_OBJECT)
             .map(|symbol| symbol.addr)
+    }
+
+    /// Like [`GoBinary::data_symbol`], with the symbol's size in bytes.
+    pub fn data_symbol_with_size(&self, name: &str) -> Option<(u64, u64)> {
+        self.elf
+            .symbol(name)
+            .filter(|symbol| symbol.kind == object::elf::STT_OBJECT)
+            .map(|symbol| (symbol.addr, symbol.size))
     }
 
     /// The machine code of `function` (its bytes in `.text`).

@@ -18,6 +18,12 @@ pub struct RuntimeLayout {
     pub g_m: u32,
     /// `g.goid`
     pub g_goid: u32,
+    /// `g.parentGoid`, `g.gopc`, `g.startpc`, `g.atomicstatus` (u32), `g.waitreason` (u8)
+    pub g_parent_goid: u32,
+    pub g_gopc: u32,
+    pub g_startpc: u32,
+    pub g_atomicstatus: u32,
+    pub g_waitreason: u32,
     /// `m.p`
     pub m_p: u32,
     /// `p.mcache`

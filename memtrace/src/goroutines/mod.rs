@@ -1,0 +1,558 @@
+//! Goroutine lifecycles and goroutine leaks.
+//!
+//! Creations and exits come from the probes; states and wait reasons from periodic scans of
+//! the target's memory ([`scan`]), which also find the goroutines that existed before memtrace
+//! attached (their age is unknown) and correct for lost records. Live sessions and recorded
+//! traces feed the same [`Goroutines`].
+//!
+//! Long-lived goroutines (older than [`leak_rule::MIN_AGE_S`]) are grouped by the `go`
+//! statement that created them, the function they run and their state. A group is a
+//! **goroutine leak** when, over the scans, its size keeps growing while its members stay
+//! blocked and do not die (see [`leak_rule`]).
+
+pub mod scan;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use crate::{
+    analysis::{linear_fit, SiteKey},
+    events::{GoroutineCreateEvent, GoroutineExitEvent, GoroutineScan, GoroutineState},
+    symbolize::{Frame, Symbolizer},
+};
+
+/// Goroutine status values (`runtime2.go`), the same in Go 1.21–1.27 except where noted.
+pub mod status {
+    pub const IDLE: u32 = 0;
+    pub const RUNNABLE: u32 = 1;
+    pub const RUNNING: u32 = 2;
+    pub const SYSCALL: u32 = 3;
+    pub const WAITING: u32 = 4;
+    pub const DEAD: u32 = 6;
+    pub const COPYSTACK: u32 = 8;
+    pub const PREEMPTED: u32 = 9;
+    /// Go 1.26+: found leaked by the runtime's goroutine-leak detector.
+    pub const LEAKED: u32 = 10;
+    /// Go 1.26+: a `g` parked for cgo callbacks on an extra M.
+    pub const DEAD_EXTRA: u32 = 11;
+
+    /// Whether a `g` with this status is a goroutine (not a free `g`).
+    pub fn is_alive(status: u32) -> bool {
+        !matches!(status, IDLE | DEAD | DEAD_EXTRA) && status <= DEAD_EXTRA
+    }
+
+    /// Whether it is parked, waiting for something.
+    pub fn is_blocked(status: u32) -> bool {
+        matches!(status, WAITING | LEAKED)
+    }
+}
+
+/// The thresholds of the goroutine-leak rule (documented in the README).
+pub mod leak_rule {
+    /// Goroutines younger than this are in flight, not grouped.
+    pub const MIN_AGE_S: f64 = 1.0;
+    /// Scans of a group needed before it can be judged.
+    pub const MIN_SCANS: usize = 5;
+    /// The group must have grown by at least this many goroutines over the window.
+    pub const MIN_GROWTH: f64 = 3.0;
+    /// R² of the linear fit of the group's size over time.
+    pub const MIN_STEADINESS: f64 = 0.5;
+    /// Fraction of the members that must be blocked (waiting, or leaked per the runtime).
+    pub const MIN_BLOCKED: f64 = 0.8;
+    /// Fraction of the members created in the later half of the window: the group keeps
+    /// gaining members (a pool started once does not).
+    pub const MIN_RECENT: f64 = 0.2;
+    /// The oldest member must be at least this old, as a fraction of the window: leaked
+    /// goroutines never exit, while churning ones are all young.
+    pub const MIN_OLDEST_AGE: f64 = 0.5;
+    /// Scans kept per group (at one scan per second, two minutes).
+    pub const MAX_SCANS: usize = 120;
+}
+
+/// Most member ids listed per group.
+pub const MAX_GROUP_GOIDS: usize = 1000;
+
+/// Where goroutines come from: the `go` statement and the function it starts.
+pub struct Origin {
+    /// The code holding the `go` statement.
+    pub site: SiteKey,
+    /// The function the goroutine runs.
+    pub start_function: String,
+    /// A creation stack (innermost first, from the `go` statement out); empty for goroutines
+    /// created before memtrace attached.
+    pub stack: Arc<[Frame]>,
+    /// A runtime goroutine, which `runtime.NumGoroutine` does not count.
+    pub system: bool,
+}
+
+/// The runtime's own goroutines (`isSystemGoroutine`): started in package runtime, except the
+/// main goroutine. The finalizer and cleanup goroutines count as system goroutines here even
+/// while they run user code, which the runtime counts as user goroutines.
+fn is_system_start(function: &str) -> bool {
+    function.starts_with("runtime.")
+        && !matches!(
+            function,
+            "runtime.main" | "runtime.corostart" | "runtime.handleAsyncEvent"
+        )
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LiveGoroutine {
+    g: u64,
+    /// CLOCK_MONOTONIC ns; `None` when its creation was not seen (before attach).
+    created_ns: Option<u64>,
+    /// Found by the first scan (before attach) rather than a later one.
+    found_first: bool,
+    origin: u32,
+    /// From the last scan; `None` before the first scan that found it.
+    status: Option<u32>,
+    wait_reason: u8,
+}
+
+/// One group of long-lived goroutines at the last scan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GoroutineGroup {
+    pub origin: u32,
+    /// The wait reason of blocked members, else their state (`running`, `runnable`, ...).
+    pub state: String,
+    pub count: u32,
+    pub blocked: u32,
+    /// Members created before memtrace attached (or whose creation record was lost).
+    pub unknown_age: u32,
+    /// Age of the oldest member whose creation was seen.
+    pub oldest_age_s: Option<f64>,
+    /// Members created in the later half of the group's scan window.
+    pub recent: u32,
+    /// Member goroutine ids, oldest first (at most [`MAX_GROUP_GOIDS`]).
+    pub goids: Vec<u64>,
+    /// Seconds covered by the group's scans.
+    pub window_s: f64,
+    /// Least-squares slope of the group's size over its scans, and its R².
+    pub growth_per_s: f64,
+    pub steadiness: f64,
+    pub scans: usize,
+    /// Whether it passes the leak rule, and its rank score.
+    pub leak: bool,
+    pub score: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct GroupKey {
+    origin: u32,
+    state: u32,
+}
+
+/// Goroutine bookkeeping for one target.
+#[derive(Default)]
+pub struct Goroutines {
+    live: HashMap<u64, LiveGoroutine>,
+    origins: Vec<Origin>,
+    origin_ids: HashMap<(SiteKey, String), u32>,
+    /// (go_pc, start_pc) of the runtime addresses resolved so far.
+    origin_by_pcs: HashMap<(u64, u64), u32>,
+    /// Interned state labels.
+    states: Vec<String>,
+    state_ids: HashMap<String, u32>,
+    /// The runtime's wait-reason names, by `g.waitreason`.
+    wait_reasons: Vec<String>,
+    /// Group sizes at each scan: (seconds since the first scan, members).
+    series: HashMap<GroupKey, Vec<(f64, u32)>>,
+    groups: Vec<GoroutineGroup>,
+    /// Exits inferred from scans, whose records may still arrive.
+    reaped: HashSet<u64>,
+    first_scan_ns: Option<u64>,
+    pub last_scan_ns: Option<u64>,
+    /// Goroutines created while attached (user ones; system ones counted apart).
+    pub created: u64,
+    pub created_system: u64,
+    pub exited: u64,
+    pub exited_system: u64,
+    /// User goroutines the first scan found that memtrace did not see created.
+    pub before_attach: u64,
+    /// Goroutines later scans found whose creation record never arrived.
+    pub found_by_scan: u64,
+    /// Goroutines a scan found gone whose exit record has not arrived (lost, or still on its
+    /// way when the session ended).
+    pub exits_inferred: u64,
+    /// Exit records of goroutines memtrace never knew (exited between attach and first scan).
+    pub unmatched_exits: u64,
+    pub scans: u64,
+    /// Scans that could not read the target.
+    pub scan_failures: u64,
+    /// Whether the scans read the runtime's whole goroutine list.
+    pub complete_scans: bool,
+}
+
+impl Goroutines {
+    pub fn new() -> Goroutines {
+        Goroutines::default()
+    }
+
+    pub fn set_wait_reasons(&mut self, names: Vec<String>) {
+        self.wait_reasons = names;
+    }
+
+    pub fn wait_reasons(&self) -> &[String] {
+        &self.wait_reasons
+    }
+
+    pub fn origins(&self) -> &[Origin] {
+        &self.origins
+    }
+
+    /// Live goroutines that `runtime.NumGoroutine` counts.
+    pub fn live_user(&self) -> usize {
+        self.live
+            .values()
+            .filter(|g| !self.origins[g.origin as usize].system)
+            .count()
+    }
+
+    pub fn live_system(&self) -> usize {
+        self.live.len() - self.live_user()
+    }
+
+    /// Live user goroutines whose creation memtrace did not see.
+    pub fn live_unknown_age(&self) -> usize {
+        self.live
+            .values()
+            .filter(|g| g.created_ns.is_none() && !self.origins[g.origin as usize].system)
+            .count()
+    }
+
+    /// The `g` addresses of the goroutines memtrace knows, for scans.
+    pub fn known_gs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.live.values().map(|g| g.g)
+    }
+
+    /// The groups at the last scan, largest first.
+    pub fn groups(&self) -> &[GoroutineGroup] {
+        &self.groups
+    }
+
+    /// The groups that pass the leak rule, most suspicious first.
+    pub fn leaks(&self) -> Vec<&GoroutineGroup> {
+        let mut leaks: Vec<&GoroutineGroup> = self.groups.iter().filter(|g| g.leak).collect();
+        leaks.sort_by(|a, b| b.score.total_cmp(&a.score));
+        leaks
+    }
+
+    fn origin_of(
+        &mut self,
+        go_pc: u64,
+        start_pc: u64,
+        symbolizer: &mut Symbolizer,
+        load_bias: u64,
+    ) -> u32 {
+        if let Some(&id) = self.origin_by_pcs.get(&(go_pc, start_pc)) {
+            return id;
+        }
+        // gopc is a return address: look up the call, one byte back.
+        let site = match symbolizer
+            .frames(go_pc.wrapping_sub(load_bias).wrapping_sub(1))
+            .first()
+        {
+            Some(frame) if go_pc != 0 => SiteKey {
+                function: frame.function.clone(),
+                file: frame.file.clone(),
+                line: frame.line,
+            },
+            _ => SiteKey {
+                function: "[unknown]".into(),
+                file: String::new(),
+                line: 0,
+            },
+        };
+        let start_function = match symbolizer.frames(start_pc.wrapping_sub(load_bias)).last() {
+            Some(frame) if start_pc != 0 => frame.function.clone(),
+            _ => "[unknown]".into(),
+        };
+        let key = (site, start_function);
+        let id = match self.origin_ids.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = self.origins.len() as u32;
+                self.origins.push(Origin {
+                    site: key.0.clone(),
+                    system: is_system_start(&key.1),
+                    start_function: key.1.clone(),
+                    stack: Arc::from([]),
+                });
+                self.origin_ids.insert(key, id);
+                id
+            }
+        };
+        self.origin_by_pcs.insert((go_pc, start_pc), id);
+        id
+    }
+
+    pub fn create(
+        &mut self,
+        event: &GoroutineCreateEvent,
+        symbolizer: &mut Symbolizer,
+        load_bias: u64,
+    ) {
+        let origin = self.origin_of(event.go_pc, event.start_pc, symbolizer, load_bias);
+        if self.origins[origin as usize].stack.is_empty() && !event.stack.is_empty() {
+            // The stack runs from the probe in the runtime (newproc's closure on the system
+            // stack) out to the `go` statement and its callers: keep the part from there.
+            let frames = symbolizer.stack(&event.stack, load_bias);
+            let from_go_statement: Vec<Frame> =
+                frames.into_iter().skip_while(Frame::is_runtime).collect();
+            self.origins[origin as usize].stack = from_go_statement.into();
+        }
+        let system = self.origins[origin as usize].system;
+        if system {
+            self.created_system += 1;
+        } else {
+            self.created += 1;
+        }
+        let previous = self.live.insert(
+            event.goid,
+            LiveGoroutine {
+                g: event.g,
+                created_ns: Some(event.ts_ns),
+                found_first: false,
+                origin,
+                status: None,
+                wait_reason: 0,
+            },
+        );
+        if let Some(found) = previous {
+            // A scan found it before its record arrived: undo that count.
+            if found.created_ns.is_none() && !system {
+                let counter = if found.found_first {
+                    &mut self.before_attach
+                } else {
+                    &mut self.found_by_scan
+                };
+                *counter = counter.saturating_sub(1);
+            }
+            if let Some(entry) = self.live.get_mut(&event.goid) {
+                entry.status = found.status;
+                entry.wait_reason = found.wait_reason;
+            }
+        }
+    }
+
+    pub fn exit(&mut self, event: &GoroutineExitEvent) {
+        match self.live.remove(&event.goid) {
+            Some(gone) => {
+                if self.origins[gone.origin as usize].system {
+                    self.exited_system += 1;
+                } else {
+                    self.exited += 1;
+                }
+            }
+            // Already counted when a scan found it gone: the record was only late (the ring
+            // buffer is read up to the first record still being written).
+            None if self.reaped.remove(&event.goid) => {
+                self.exits_inferred = self.exits_inferred.saturating_sub(1);
+            }
+            None => self.unmatched_exits += 1,
+        }
+    }
+
+    fn state_id(&mut self, label: &str) -> u32 {
+        if let Some(&id) = self.state_ids.get(label) {
+            return id;
+        }
+        let id = self.states.len() as u32;
+        self.states.push(label.to_string());
+        self.state_ids.insert(label.to_string(), id);
+        id
+    }
+
+    fn state_label(&self, status: u32, wait_reason: u8) -> String {
+        match status {
+            status::RUNNABLE => "runnable".into(),
+            status::RUNNING | status::COPYSTACK => "running".into(),
+            status::SYSCALL => "syscall".into(),
+            status::PREEMPTED => "preempted".into(),
+            _ => match self.wait_reasons.get(wait_reason as usize) {
+                Some(name) if !name.is_empty() => name.clone(),
+                Some(_) if wait_reason == 0 => "waiting".into(),
+                _ => format!("wait reason {wait_reason}"),
+            },
+        }
+    }
+
+    /// Applies a scan: states and wait reasons, goroutines memtrace did not see created, exits
+    /// it did not see; then regroups the long-lived goroutines.
+    pub fn scan(&mut self, scan: &GoroutineScan, symbolizer: &mut Symbolizer, load_bias: u64) {
+        let first = self.first_scan_ns.is_none();
+        self.first_scan_ns.get_or_insert(scan.ts_ns);
+        self.last_scan_ns = Some(scan.ts_ns);
+        self.scans += 1;
+        self.complete_scans = scan.complete;
+        let by_g: HashMap<u64, &GoroutineState> =
+            scan.goroutines.iter().map(|state| (state.g, state)).collect();
+        // Goroutines whose `g` now holds another goroutine or none: their exit was missed, or
+        // its record is still on its way.
+        let gone: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(&goid, live)| {
+                by_g.get(&live.g).is_some_and(|state| {
+                    state.goid != goid || !status::is_alive(state.status)
+                })
+            })
+            .map(|(&goid, _)| goid)
+            .collect();
+        for goid in gone {
+            if let Some(gone) = self.live.remove(&goid) {
+                self.exits_inferred += 1;
+                self.reaped.insert(goid);
+                if self.origins[gone.origin as usize].system {
+                    self.exited_system += 1;
+                } else {
+                    self.exited += 1;
+                }
+            }
+        }
+        for state in &scan.goroutines {
+            if !status::is_alive(state.status) || state.goid == 0 {
+                continue;
+            }
+            if let Some(live) = self.live.get_mut(&state.goid) {
+                live.status = Some(state.status);
+                live.wait_reason = state.wait_reason;
+                continue;
+            }
+            if self.reaped.contains(&state.goid) {
+                continue;
+            }
+            let origin = self.origin_of(state.go_pc, state.start_pc, symbolizer, load_bias);
+            if !self.origins[origin as usize].system {
+                if first {
+                    self.before_attach += 1;
+                } else {
+                    self.found_by_scan += 1;
+                }
+            }
+            self.live.insert(
+                state.goid,
+                LiveGoroutine {
+                    g: state.g,
+                    created_ns: None,
+                    found_first: first,
+                    origin,
+                    status: Some(state.status),
+                    wait_reason: state.wait_reason,
+                },
+            );
+        }
+        self.regroup(scan.ts_ns);
+    }
+
+    fn regroup(&mut self, now_ns: u64) {
+        let first_scan_ns = self.first_scan_ns.unwrap_or(now_ns);
+        let t = now_ns.saturating_sub(first_scan_ns) as f64 / 1e9;
+        let min_age_ns = (leak_rule::MIN_AGE_S * 1e9) as u64;
+        // Members per group: (goid, created_ns, blocked).
+        let mut members: HashMap<GroupKey, Vec<(u64, Option<u64>, bool)>> = HashMap::new();
+        let snapshot: Vec<(u64, LiveGoroutine)> =
+            self.live.iter().map(|(&goid, &live)| (goid, live)).collect();
+        for (goid, live) in snapshot {
+            let Some(status) = live.status else { continue };
+            if self.origins[live.origin as usize].system {
+                continue;
+            }
+            if live
+                .created_ns
+                .is_some_and(|created| now_ns.saturating_sub(created) < min_age_ns)
+            {
+                continue;
+            }
+            let label = self.state_label(status, live.wait_reason);
+            let key = GroupKey {
+                origin: live.origin,
+                state: self.state_id(&label),
+            };
+            members.entry(key).or_default().push((
+                goid,
+                live.created_ns,
+                status::is_blocked(status),
+            ));
+        }
+        for (key, series) in &mut self.series {
+            let count = members.get(key).map_or(0, |m| m.len() as u32);
+            series.push((t, count));
+            if series.len() > leak_rule::MAX_SCANS {
+                series.remove(0);
+            }
+        }
+        // Forget groups that have been empty for their whole window.
+        self.series
+            .retain(|key, series| members.contains_key(key) || series.iter().any(|p| p.1 > 0));
+        let mut groups = Vec::with_capacity(members.len());
+        for (key, mut list) in members {
+            let series = self
+                .series
+                .entry(key)
+                .or_insert_with(|| vec![(t, list.len() as u32)]);
+            let window_start_s = series.first().map_or(t, |p| p.0);
+            let window_s = t - window_start_s;
+            let half_ns = first_scan_ns + ((window_start_s + window_s / 2.0) * 1e9) as u64;
+            // Oldest first; unknown ages are older than any known one.
+            list.sort_by_key(|&(goid, created, _)| (created.unwrap_or(0), goid));
+            let oldest_age_s = list
+                .iter()
+                .find_map(|m| m.1)
+                .map(|created| now_ns.saturating_sub(created) as f64 / 1e9);
+            let (slope, r2) = linear_fit(
+                &series
+                    .iter()
+                    .map(|&(x, y)| (x, f64::from(y)))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or((0.0, 0.0));
+            let mut group = GoroutineGroup {
+                origin: key.origin,
+                state: self.states[key.state as usize].clone(),
+                count: list.len() as u32,
+                blocked: list.iter().filter(|m| m.2).count() as u32,
+                unknown_age: list.iter().filter(|m| m.1.is_none()).count() as u32,
+                oldest_age_s,
+                recent: list
+                    .iter()
+                    .filter(|m| m.1.is_some_and(|created| created >= half_ns))
+                    .count() as u32,
+                goids: list.iter().take(MAX_GROUP_GOIDS).map(|m| m.0).collect(),
+                window_s,
+                growth_per_s: slope,
+                steadiness: r2,
+                scans: series.len(),
+                leak: false,
+                score: 0.0,
+            };
+            (group.leak, group.score) = judge(&group);
+            groups.push(group);
+        }
+        groups.sort_by(|a, b| b.count.cmp(&a.count).then(a.origin.cmp(&b.origin)));
+        self.groups = groups;
+    }
+}
+
+/// The goroutine-leak rule: whether `group` leaks, and its score (blocked members weighted by
+/// how steadily the group grows).
+pub fn judge(group: &GoroutineGroup) -> (bool, f64) {
+    use leak_rule::*;
+    let count = f64::from(group.count.max(1));
+    let oldest_ok = match group.oldest_age_s {
+        // Members from before attach are at least as old as the window.
+        _ if group.unknown_age > 0 => true,
+        Some(age) => age >= MIN_OLDEST_AGE * group.window_s,
+        None => false,
+    };
+    let leak = group.scans >= MIN_SCANS
+        && group.growth_per_s * group.window_s >= MIN_GROWTH
+        && group.steadiness >= MIN_STEADINESS
+        && f64::from(group.blocked) / count >= MIN_BLOCKED
+        && f64::from(group.recent) / count >= MIN_RECENT
+        && oldest_ok;
+    let score = f64::from(group.blocked) * group.steadiness;
+    (leak, if leak { score } else { 0.0 })
+}
