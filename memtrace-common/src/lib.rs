@@ -11,6 +11,10 @@
 /// Deepest user stack a sample carries. 127 is the kernel's default `perf_event_max_stack`.
 pub const MAX_STACK_DEPTH: usize = 127;
 
+/// Distinct goroutine creation stacks the kernel keeps (`GOROUTINE_STACKS`); once full, new
+/// stacks are counted as not captured.
+pub const MAX_GOROUTINE_STACKS: u32 = 16384;
+
 /// Number of Go size classes (`_NumSizeClasses`, identical in Go 1.21–1.27).
 pub const NUM_SIZE_CLASSES: usize = 68;
 
@@ -40,8 +44,6 @@ pub mod tag {
     pub const RUNTIME_READY: u32 = 5;
     /// A [`GoroutineCreate`](super::GoroutineCreate).
     pub const GOROUTINE_CREATE: u32 = 6;
-    /// A [`GoroutineExit`](super::GoroutineExit).
-    pub const GOROUTINE_EXIT: u32 = 7;
 }
 
 /// Which allocation entry point a probe sits on. It decides how the probe turns the requested
@@ -171,25 +173,15 @@ pub struct GoroutineCreate {
     pub start_pc: u64,
     /// `g.gopc`: return address of the `go` statement's call to `newproc`.
     pub go_pc: u64,
-    /// Number of valid entries in `stack` (0 when the stack could not be captured).
-    pub stack_len: u32,
+    /// Id of the creating goroutine's stack in the `GOROUTINE_STACKS` stack-trace map, or
+    /// negative when it could not be captured. The stack runs innermost first from the
+    /// runtime's `systemstack` frames to the code holding the `go` statement. A goroutine-heavy
+    /// program creates hundreds of thousands of goroutines a second from a handful of places:
+    /// the kernel stores each distinct stack once, and the record stays small.
+    pub stack_id: i32,
     pub _pad: u32,
-    /// The creating goroutine's stack, innermost first: the runtime's `systemstack` frames,
-    /// then the code holding the `go` statement.
-    pub stack: [u64; MAX_STACK_DEPTH],
 }
-const _: () = assert!(core::mem::size_of::<GoroutineCreate>() == 16 + 8 * 6 + 8 * MAX_STACK_DEPTH);
-
-/// A goroutine exited (`runtime.gdestroy`, or `goexit0` before Go 1.22).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GoroutineExit {
-    pub header: RecordHeader,
-    pub goid: u64,
-    /// Address of its `g`.
-    pub g: u64,
-}
-const _: () = assert!(core::mem::size_of::<GoroutineExit>() == 32);
+const _: () = assert!(core::mem::size_of::<GoroutineCreate>() == 64);
 
 /// What the probes need to know about one traced process, written by userspace into the
 /// `TARGETS` map (keyed by tgid) before the probes are attached. Processes without an entry
@@ -261,12 +253,11 @@ pub struct TargetStats {
     /// Objects the runtime's heap profiler sampled, and how many of those the sweeper freed.
     pub objects_sampled: u64,
     pub objects_freed: u64,
-    /// Goroutines created and exited while the probes were attached (exact, whether or not
-    /// their records reached userspace).
+    /// Goroutines created while the probe was attached (exact, whether or not their records
+    /// reached userspace).
     pub goroutines_created: u64,
-    pub goroutines_exited: u64,
 }
-const _: () = assert!(core::mem::size_of::<TargetStats>() == 8 * (6 + NUM_SIZE_CLASSES + 11));
+const _: () = assert!(core::mem::size_of::<TargetStats>() == 8 * (6 + NUM_SIZE_CLASSES + 10));
 
 impl TargetStats {
     pub const ZERO: Self = Self {
@@ -287,7 +278,6 @@ impl TargetStats {
         objects_sampled: 0,
         objects_freed: 0,
         goroutines_created: 0,
-        goroutines_exited: 0,
     };
 }
 

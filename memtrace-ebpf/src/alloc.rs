@@ -212,5 +212,5 @@ fn send_sample(
         (*sample).class = size_class;
         fill_header_and_stack(ctx, sample, tag::ALLOC_SAMPLE, tgid, stats);
     }
-    record.submit(submit_flags());
+    record.submit(submit_flags(size_of::<AllocSample>() as u64));
 }

@@ -33,7 +33,10 @@ pub fn gc_cycle(ctx: ProbeContext) -> u32 {
     cycle.header.tgid = tgid;
     // SAFETY: no preconditions.
     cycle.header.ts_ns = unsafe { bpf_ktime_get_ns() };
-    if EVENTS.output::<GcCycle>(&cycle, submit_flags()).is_err() {
+    if EVENTS
+        .output::<GcCycle>(&cycle, submit_flags(size_of::<GcCycle>() as u64))
+        .is_err()
+    {
         stats.ringbuf_drops += 1;
     }
     // Rare (once per cycle), so cheap enough to offer as a `-vv` diagnostic.

@@ -4,13 +4,22 @@
 //! start function filled in. The probe sits on a `call`, which the kernel emulates instead of
 //! single-stepping, and the site is only reached by goroutine creation, not by the scheduler's
 //! other uses of `runqput`.
+//!
+//! The probe runs on g0, but `systemstack` keeps the goroutine's frame pointer, so the user
+//! stack the kernel walks continues from the runtime's frames into the code holding the `go`
+//! statement. It is walked once per `go` statement (`STACK_BY_GO_STATEMENT`) and stored once
+//! per distinct stack (`GOROUTINE_STACKS`): the record carries only its id.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::bpf_ktime_get_ns,
+    macros::uprobe,
+    programs::{tracing::StackIdContext, ProbeContext},
+};
 use memtrace_common::{tag, GoroutineCreate};
 
 use crate::{
-    maps::{submit_flags, EVENTS},
-    stack::capture_user_stack,
+    maps::{submit_flags, EVENTS, GOROUTINE_STACKS, STACK_BY_GO_STATEMENT},
     target::{current, read},
 };
 
@@ -22,6 +31,7 @@ pub fn goroutine_create(ctx: ProbeContext) -> u32 {
     // SAFETY: the context of a uprobe is its pt_regs.
     let newg = unsafe { (*ctx.regs).rbx };
     stats.goroutines_created += 1;
+    let go_pc = read::<u64>(stats, newg + config.g_gopc as u64).unwrap_or(0);
     let Some(mut record) = EVENTS.reserve::<GoroutineCreate>(0) else {
         stats.ringbuf_drops += 1;
         return 0;
@@ -37,11 +47,29 @@ pub fn goroutine_create(ctx: ProbeContext) -> u32 {
         (*created).goid = read::<u64>(stats, newg + config.g_goid as u64).unwrap_or(0);
         (*created).parent_goid =
             read::<u64>(stats, newg + config.g_parent_goid as u64).unwrap_or(0);
-        (*created).go_pc = read::<u64>(stats, newg + config.g_gopc as u64).unwrap_or(0);
+        (*created).go_pc = go_pc;
         (*created).start_pc = read::<u64>(stats, newg + config.g_startpc as u64).unwrap_or(0);
         (*created)._pad = 0;
-        (*created).stack_len = capture_user_stack(&ctx, &raw mut (*created).stack, stats);
     }
-    record.submit(submit_flags());
+    let go_statement = [u64::from(tgid), go_pc];
+    // SAFETY: a plain value of a map whose entries are only ever inserted whole.
+    let stack_id = match unsafe { STACK_BY_GO_STATEMENT.get(go_statement) } {
+        Some(&id) => id,
+        None => match ctx.get_stackid(&GOROUTINE_STACKS, BPF_F_USER_STACK as u64) {
+            Ok(id) => {
+                // Failing to remember it only means walking the stack again next time.
+                let _ = STACK_BY_GO_STATEMENT.insert(go_statement, id as i32, 0);
+                id as i32
+            }
+            Err(_) => {
+                // Unreadable stack, a full map, or a hash collision with another stack.
+                stats.stack_failures += 1;
+                -1
+            }
+        },
+    };
+    // SAFETY: as above.
+    unsafe { (*created).stack_id = stack_id };
+    record.submit(submit_flags(size_of::<GoroutineCreate>() as u64));
     0
 }

@@ -12,7 +12,6 @@ mod alloc;
 mod floor;
 mod gc_cycle;
 mod goroutine_create;
-mod goroutine_exit;
 mod maps;
 mod object_alloc;
 mod object_free;

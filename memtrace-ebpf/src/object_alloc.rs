@@ -51,6 +51,6 @@ pub fn object_alloc(ctx: ProbeContext) -> u32 {
         (*sample).class = class::PROFILED;
         fill_header_and_stack(&ctx, sample, tag::OBJECT_ALLOC, tgid, stats);
     }
-    record.submit(submit_flags());
+    record.submit(submit_flags(size_of::<AllocSample>() as u64));
     0
 }

@@ -36,7 +36,10 @@ pub fn object_free(ctx: ProbeContext) -> u32 {
         ptr,
         size,
     };
-    if EVENTS.output::<ObjectFree>(&free, submit_flags()).is_err() {
+    if EVENTS
+        .output::<ObjectFree>(&free, submit_flags(size_of::<ObjectFree>() as u64))
+        .is_err()
+    {
         stats.ringbuf_drops += 1;
     }
     0

@@ -252,17 +252,17 @@ impl Analysis {
 
     /// Feeds one ring-buffer record.
     pub fn record(&mut self, bytes: &[u8], load_bias: u64) -> Option<Event> {
+        let event = self.decode(bytes)?;
+        self.event(&event, load_bias);
+        Some(event)
+    }
+
+    /// Decodes one ring-buffer record, counting it (and counting it undecodable).
+    pub fn decode(&mut self, bytes: &[u8]) -> Option<Event> {
         self.records_received += 1;
-        match Event::decode(bytes) {
-            Ok(event) => {
-                self.event(&event, load_bias);
-                Some(event)
-            }
-            Err(_) => {
-                self.decode_errors += 1;
-                None
-            }
-        }
+        Event::decode(bytes)
+            .inspect_err(|_| self.decode_errors += 1)
+            .ok()
     }
 
     pub fn event(&mut self, event: &Event, load_bias: u64) {
@@ -281,10 +281,8 @@ impl Analysis {
                 self.goroutines
                     .create(created, &mut self.symbolizer, load_bias)
             }
-            Event::GoroutineExit(exit) => self.goroutines.exit(exit),
             Event::GoroutineScan(scan) => {
-                self.goroutines
-                    .scan(scan, &mut self.symbolizer, load_bias)
+                self.goroutines.scan(scan, &mut self.symbolizer, load_bias)
             }
         }
     }

@@ -1,9 +1,11 @@
 //! Loading the eBPF object, configuring targets, attaching probes, reading counters.
 
-use std::{io, path::Path};
+use std::{collections::HashMap as StdHashMap, io, path::Path};
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf, StackTraceMap,
+    },
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         UProbe,
@@ -46,12 +48,10 @@ pub enum Program {
     RuntimeReady,
     /// A goroutine was created.
     GoroutineCreate,
-    /// A goroutine exited.
-    GoroutineExit,
 }
 
 impl Program {
-    const ALL: [Program; 8] = [
+    const ALL: [Program; 7] = [
         Program::AllocEntry,
         Program::AllocFloor,
         Program::GcCycle,
@@ -59,7 +59,6 @@ impl Program {
         Program::ObjectFree,
         Program::RuntimeReady,
         Program::GoroutineCreate,
-        Program::GoroutineExit,
     ];
 
     fn name(self) -> &'static str {
@@ -71,7 +70,6 @@ impl Program {
             Program::ObjectFree => "object_free",
             Program::RuntimeReady => "runtime_ready",
             Program::GoroutineCreate => "goroutine_create",
-            Program::GoroutineExit => "goroutine_exit",
         }
     }
 }
@@ -286,6 +284,18 @@ impl Tracer {
         self.logger.take()
     }
 
+    /// Takes the goroutine creation stacks out, for the event loop.
+    pub fn take_creation_stacks(&mut self) -> Result<CreationStacks> {
+        let map = self
+            .ebpf
+            .take_map("GOROUTINE_STACKS")
+            .ok_or_else(|| Error::BpfUnavailable("map GOROUTINE_STACKS missing".into()))?;
+        Ok(CreationStacks {
+            map: StackTraceMap::try_from(map).map_err(|e| bpf_error("GOROUTINE_STACKS", e))?,
+            cache: StdHashMap::new(),
+        })
+    }
+
     /// Takes the ring buffer out, for the event loop.
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
@@ -299,6 +309,31 @@ impl Tracer {
 impl Drop for Tracer {
     fn drop(&mut self) {
         self.detach_all();
+    }
+}
+
+/// The goroutine creation stacks the kernel stored, each read once. Ids stay valid: the probe
+/// never replaces a stored stack and memtrace never deletes one.
+pub struct CreationStacks {
+    map: StackTraceMap<MapData>,
+    cache: StdHashMap<u32, Vec<u64>>,
+}
+
+impl CreationStacks {
+    /// The stack stored under `id` (runtime addresses, innermost first); empty if the map has
+    /// none.
+    pub fn get(&mut self, id: u32) -> Vec<u64> {
+        let map = &self.map;
+        self.cache
+            .entry(id)
+            .or_insert_with(|| match map.get(&id, 0) {
+                Ok(stack) => stack.frames().iter().map(|frame| frame.ip).collect(),
+                Err(error) => {
+                    log::debug!("goroutine creation stack {id}: {error}");
+                    Vec::new()
+                }
+            })
+            .clone()
     }
 }
 
@@ -324,7 +359,6 @@ pub fn sum_stats<'a>(per_cpu: impl IntoIterator<Item = &'a TargetStats>) -> Targ
         total.objects_sampled += s.objects_sampled;
         total.objects_freed += s.objects_freed;
         total.goroutines_created += s.goroutines_created;
-        total.goroutines_exited += s.goroutines_exited;
     }
     total
 }

@@ -4,8 +4,7 @@
 //! same bytes from a file. Both feed the same analysis.
 
 use memtrace_common::{
-    tag, AllocSample, GcCycle, GoroutineCreate, GoroutineExit, ObjectFree, RecordHeader,
-    NUM_SIZE_CLASSES,
+    tag, AllocSample, GcCycle, GoroutineCreate, ObjectFree, RecordHeader, NUM_SIZE_CLASSES,
 };
 
 use crate::runtime::class_size;
@@ -26,7 +25,6 @@ pub enum Event {
         ts_ns: u64,
     },
     GoroutineCreate(GoroutineCreateEvent),
-    GoroutineExit(GoroutineExitEvent),
     /// The states of the target's goroutines, read from its memory (not from the ring buffer).
     GoroutineScan(GoroutineScan),
 }
@@ -40,7 +38,6 @@ impl Event {
             Event::Gc(e) => e.ts_ns,
             Event::RuntimeReady { ts_ns, .. } => *ts_ns,
             Event::GoroutineCreate(e) => e.ts_ns,
-            Event::GoroutineExit(e) => e.ts_ns,
             Event::GoroutineScan(e) => e.ts_ns,
         }
     }
@@ -59,17 +56,11 @@ pub struct GoroutineCreateEvent {
     pub start_pc: u64,
     /// Runtime return address of the `go` statement's call.
     pub go_pc: u64,
+    /// Where the kernel keeps the creator's stack (`GOROUTINE_STACKS`); `None` when it was not
+    /// captured. The session fills `stack` from it.
+    pub stack_id: Option<u32>,
     /// The creator's stack (runtime addresses, innermost first); empty when not captured.
     pub stack: Vec<u64>,
-}
-
-/// A goroutine exited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GoroutineExitEvent {
-    pub pid: u32,
-    pub ts_ns: u64,
-    pub goid: u64,
-    pub g: u64,
 }
 
 /// One goroutine as a scan of the runtime's goroutine list found it.
@@ -216,7 +207,6 @@ impl Event {
             tag::GOROUTINE_CREATE => {
                 let created: GoroutineCreate =
                     read_record(bytes).ok_or(DecodeError::Truncated(bytes.len()))?;
-                let depth = (created.stack_len as usize).min(created.stack.len());
                 Ok(Event::GoroutineCreate(GoroutineCreateEvent {
                     pid: header.tgid,
                     ts_ns: header.ts_ns,
@@ -225,17 +215,8 @@ impl Event {
                     g: created.g,
                     start_pc: created.start_pc,
                     go_pc: created.go_pc,
-                    stack: created.stack[..depth].to_vec(),
-                }))
-            }
-            tag::GOROUTINE_EXIT => {
-                let exit: GoroutineExit =
-                    read_record(bytes).ok_or(DecodeError::Truncated(bytes.len()))?;
-                Ok(Event::GoroutineExit(GoroutineExitEvent {
-                    pid: header.tgid,
-                    ts_ns: header.ts_ns,
-                    goid: exit.goid,
-                    g: exit.g,
+                    stack_id: u32::try_from(created.stack_id).ok(),
+                    stack: Vec::new(),
                 }))
             }
             other => Err(DecodeError::UnknownTag(other)),
@@ -308,9 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn decodes_goroutine_records() {
-        let mut stack = [0u64; MAX_STACK_DEPTH];
-        stack[..2].copy_from_slice(&[0x401000, 0x402000]);
+    fn decodes_goroutine_creations() {
         let created = GoroutineCreate {
             header: RecordHeader {
                 tag: tag::GOROUTINE_CREATE,
@@ -322,9 +301,8 @@ mod tests {
             g: 0xc000007000,
             start_pc: 0x480000,
             go_pc: 0x481234,
-            stack_len: 2,
+            stack_id: 3,
             _pad: 0,
-            stack,
         };
         let Event::GoroutineCreate(event) = Event::decode(&bytes_of(&created)).unwrap() else {
             panic!("not a creation");
@@ -333,23 +311,18 @@ mod tests {
             (event.goid, event.parent_goid, event.start_pc, event.go_pc),
             (35, 1, 0x480000, 0x481234)
         );
-        assert_eq!(event.stack, vec![0x401000, 0x402000]);
-        let exit = GoroutineExit {
-            header: RecordHeader {
-                tag: tag::GOROUTINE_EXIT,
-                tgid: 7,
-                ts_ns: 12,
-            },
-            goid: 35,
-            g: 0xc000007000,
+        assert_eq!(event.stack_id, Some(3));
+        let not_captured = GoroutineCreate {
+            stack_id: -14,
+            ..created
         };
-        let Event::GoroutineExit(event) = Event::decode(&bytes_of(&exit)).unwrap() else {
-            panic!("not an exit");
+        let Event::GoroutineCreate(event) = Event::decode(&bytes_of(&not_captured)).unwrap() else {
+            panic!("not a creation");
         };
-        assert_eq!((event.goid, event.g, event.ts_ns), (35, 0xc000007000, 12));
+        assert_eq!(event.stack_id, None);
         assert_eq!(
-            Event::decode(&bytes_of(&exit)[..24]),
-            Err(DecodeError::Truncated(24))
+            Event::decode(&bytes_of(&created)[..40]),
+            Err(DecodeError::Truncated(40))
         );
     }
 

@@ -56,7 +56,7 @@ struct Cli {
     #[arg(long, default_value = "64K", value_parser = parse_bytes, value_name = "BYTES", help_heading = "Tracing")]
     stack_sample_bytes: u64,
 
-    /// Do not track goroutines (creation, exit, states, goroutine leaks): saves two probe hits
+    /// Do not track goroutines (creations, exits, states, goroutine leaks): saves a probe hit
     /// per goroutine in programs that start many.
     #[arg(long, help_heading = "Tracing")]
     no_goroutines: bool,

@@ -45,8 +45,6 @@ pub struct ProbePlan {
     pub runtime_ready: Option<ProbeSite>,
     /// The `call runtime.runqput` in `runtime.newproc.func1`: a goroutine was created.
     pub goroutine_create: Option<ProbeSite>,
-    /// `runtime.gdestroy` (1.22+) or `runtime.goexit0` (1.21): a goroutine exited.
-    pub goroutine_exit: Option<ProbeSite>,
 }
 
 /// The five functions Go 1.24+ mallocgc dispatches to.
@@ -113,10 +111,6 @@ impl ProbePlan {
             object_free: optional("runtime.freeSpecial")?,
             runtime_ready: optional("runtime.main")?,
             goroutine_create: goroutine_create_site(binary)?,
-            goroutine_exit: match binary.function("runtime.gdestroy") {
-                Some(f) => Some(probe_site(binary, &f, 0)?),
-                None => optional("runtime.goexit0")?,
-            },
         })
     }
 }
@@ -233,18 +227,25 @@ mod tests {
                 "{version}: runtime.freeSpecial"
             );
             assert!(default.runtime_ready.is_some(), "{version}: runtime.main");
-            let create = default.goroutine_create.as_ref().expect("goroutine creation site");
+            let create = default
+                .goroutine_create
+                .as_ref()
+                .expect("goroutine creation site");
             assert!(
                 create.function.starts_with("runtime.newproc.func1+0x"),
                 "{version}: {create:?}"
             );
-            let exit = default.goroutine_exit.as_ref().expect("goroutine exit site");
-            let expected_exit = if version == "1.21.13" {
-                "runtime.goexit0"
-            } else {
-                "runtime.gdestroy"
-            };
-            assert_eq!(exit.function, expected_exit, "{version}");
+            // The probe sits on a `call rel32` (e8) to runqput, which the kernel emulates.
+            let binary = GoBinary::open(&go_program("allocs", version, Variant::Default)).unwrap();
+            let at = create.file_offset as usize;
+            assert_eq!(binary.bytes()[at], 0xe8, "{version}");
+            let rel = i32::from_le_bytes(binary.bytes()[at + 1..at + 5].try_into().unwrap());
+            let runqput = binary.function("runtime.runqput").unwrap().addr;
+            assert_eq!(
+                create.vaddr.wrapping_add_signed(5 + i64::from(rel)),
+                runqput,
+                "{version}"
+            );
             // Stripping keeps every address (found through .gopclntab instead of .symtab).
             assert_eq!(plans[1], *default, "{version}: stripped plan");
             // PIE moves code but finds the same functions.

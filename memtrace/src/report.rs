@@ -51,7 +51,8 @@ pub struct Report {
 pub struct GoroutineCounts {
     /// Goroutines alive at the end, as `runtime.NumGoroutine` counts them (no runtime ones).
     pub live: u64,
-    /// Goroutines created and exited while memtrace was attached (no runtime ones).
+    /// Goroutines created while memtrace was attached, and goroutines that exited (found gone
+    /// by the scans, once a second), runtime ones not included.
     pub created: u64,
     pub exited: u64,
     /// Live runtime goroutines (GC workers, sweeper, finalizers, ...).
@@ -63,14 +64,9 @@ pub struct GoroutineCounts {
     pub before_attach: u64,
     /// Goroutines later scans found whose creation record never arrived.
     pub found_by_scan: u64,
-    /// Creations and exits the probes counted, runtime goroutines included (exact, even when
-    /// records were dropped).
+    /// Creations the probe counted, runtime goroutines included (exact, even when records
+    /// were dropped).
     pub probe_creations: u64,
-    pub probe_exits: u64,
-    /// Exits found by a scan whose record had not arrived, and exit records of goroutines
-    /// memtrace never knew (exited between attach and the first scan).
-    pub exits_inferred: u64,
-    pub unmatched_exits: u64,
     /// Scans of the target's goroutines, and whether they read the runtime's whole list (a
     /// binary without symbols only shows goroutines created after attach).
     pub scans: u64,
@@ -542,9 +538,6 @@ impl Report {
                     before_attach: g.before_attach,
                     found_by_scan: g.found_by_scan,
                     probe_creations: stats.goroutines_created,
-                    probe_exits: stats.goroutines_exited,
-                    exits_inferred: g.exits_inferred,
-                    unmatched_exits: g.unmatched_exits,
                     scans: g.scans,
                     scan_failures: g.scan_failures,
                     complete_scans: g.complete_scans,
@@ -702,7 +695,10 @@ impl Report {
         let _ = writeln!(out, "\n{}", goroutine_line(counts));
         if let Some(groups) = &self.goroutine_groups {
             if !groups.is_empty() {
-                let _ = writeln!(out, "long-lived goroutines (by go statement, function, state):");
+                let _ = writeln!(
+                    out,
+                    "long-lived goroutines (by go statement, function, state):"
+                );
                 out.push_str(&goroutine_table(groups.iter().take(top)));
             }
         }
@@ -728,7 +724,10 @@ impl Report {
                 }
                 if let Some(first) = leaks.first() {
                     if !first.stack.is_empty() {
-                        let _ = writeln!(out, "\ncreation stack of goroutine leak 1 (innermost first):");
+                        let _ = writeln!(
+                            out,
+                            "\ncreation stack of goroutine leak 1 (innermost first):"
+                        );
                         write_stack(out, &first.stack);
                     }
                 }
@@ -762,14 +761,12 @@ fn age_text(oldest_age_s: Option<f64>, unknown_age: u64) -> String {
 pub fn goroutine_line(counts: &GoroutineCounts) -> String {
     format!(
         "goroutines: {} live ({} of unknown age), {} created, {} exited; {} runtime goroutines; \
-         {} exits without a creation, {} exits and {} creations only found by scans{}",
+         {} creations only found by scans (record lost){}",
         counts.live,
         counts.unknown_age,
         counts.created,
         counts.exited,
         counts.system,
-        counts.unmatched_exits,
-        counts.exits_inferred,
         counts.found_by_scan,
         if counts.complete_scans || counts.scans == 0 {
             ""

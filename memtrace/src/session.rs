@@ -16,7 +16,7 @@ use tokio::{
 
 use crate::{
     analysis::{Analysis, Sampling},
-    bpf::{Program, Tracer},
+    bpf::{CreationStacks, Program, Tracer},
     error::{Error, Result},
     events::Event,
     goroutines::scan::GoroutineReader,
@@ -241,6 +241,11 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
         rate.apply(&target, early_bias.unwrap_or(0))?;
     }
     let ring = tracer.take_ring_buffer()?;
+    let creation_stacks = if options.goroutines {
+        Some(tracer.take_creation_stacks()?)
+    } else {
+        None
+    };
     let start_ns = monotonic_ns();
     let started = Instant::now();
     if let Some(child) = held_child.as_mut() {
@@ -270,6 +275,7 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
         &target,
         goroutine_reader.as_mut(),
         ring,
+        creation_stacks,
         watch,
         held_child.is_some(),
         &mut analysis,
@@ -335,6 +341,7 @@ async fn event_loop(
     target: &Target,
     mut goroutine_scanner: Option<&mut GoroutineScanner>,
     ring: RingBuf<MapData>,
+    mut stacks: Option<CreationStacks>,
     watch: OwnedFd,
     launched: bool,
     analysis: &mut Analysis,
@@ -368,19 +375,20 @@ async fn event_loop(
     let mut live_view = LiveView::default();
 
     let mut target_exit = None;
+    let mut target_gone = false;
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::io("reading the ring buffer", e))?;
                 guard.clear_ready();
-                drain(guard.get_inner_mut(), analysis, rate, target, options.mode)?;
+                drain(guard.get_inner_mut(), &mut stacks, analysis, rate, target, options.mode)?;
             }
             _ = drain_tick.tick() => {
-                drain(ring.get_mut(), analysis, rate, target, options.mode)?;
+                drain(ring.get_mut(), &mut stacks, analysis, rate, target, options.mode)?;
             }
             _ = scan_tick.tick(), if goroutine_scanner.is_some() => {
                 // Everything the probes sent so far first, so that the scan is the newest news.
-                drain(ring.get_mut(), analysis, rate, target, options.mode)?;
+                drain(ring.get_mut(), &mut stacks, analysis, rate, target, options.mode)?;
                 if let Some(scanner) = goroutine_scanner.as_deref_mut() {
                     scanner.scan(target, analysis);
                 }
@@ -401,6 +409,7 @@ async fn event_loop(
                     }
                 }
                 log::info!("target exited");
+                target_gone = true;
                 break;
             }
             _ = signals.interrupt.recv() => {
@@ -430,9 +439,18 @@ async fn event_loop(
     // The target's own rate back first, then no more events; then read what is queued.
     rate.restore();
     tracer.detach_all();
-    drain(ring.get_mut(), analysis, rate, target, options.mode)?;
-    if let (Some(scanner), None) = (goroutine_scanner, target_exit) {
-        // The last word on states (unless the target is gone).
+    drain(
+        ring.get_mut(),
+        &mut stacks,
+        analysis,
+        rate,
+        target,
+        options.mode,
+    )?;
+    if target_gone {
+        analysis.goroutines.target_exited();
+    } else if let Some(scanner) = goroutine_scanner {
+        // The last word on states.
         scanner.scan(target, analysis);
     }
     Ok(target_exit)
@@ -486,6 +504,7 @@ impl GoroutineScanner {
 /// reports it is up.
 fn drain(
     ring: &mut RingBuf<MapData>,
+    stacks: &mut Option<CreationStacks>,
     analysis: &mut Analysis,
     rate: &mut RateControl,
     target: &Target,
@@ -494,10 +513,19 @@ fn drain(
     let bias = target.load_bias();
     let mut runtime_ready = false;
     while let Some(record) = ring.next() {
-        runtime_ready |= matches!(
-            analysis.record(&record, bias),
-            Some(Event::RuntimeReady { .. })
-        );
+        let Some(mut event) = analysis.decode(&record) else {
+            continue;
+        };
+        match &mut event {
+            Event::RuntimeReady { .. } => runtime_ready = true,
+            Event::GoroutineCreate(created) => {
+                if let (Some(id), Some(stacks)) = (created.stack_id, stacks.as_mut()) {
+                    created.stack = stacks.get(id);
+                }
+            }
+            _ => {}
+        }
+        analysis.event(&event, bias);
     }
     if runtime_ready {
         // schedinit is done: a rate written now stays.
@@ -575,12 +603,6 @@ fn attach_probes(
             .goroutine_create
             .as_ref()
             .ok_or_else(|| missing("runtime.newproc.func1 calling runtime.runqput"))?;
-        let exit = plan
-            .goroutine_exit
-            .as_ref()
-            .ok_or_else(|| missing("runtime.gdestroy or runtime.goexit0"))?;
-        // Exits first: a goroutine seen created is then always seen exiting.
-        tracer.attach(Program::GoroutineExit, &[exit], path, pid)?;
         tracer.attach(Program::GoroutineCreate, &[create], path, pid)?;
     }
     Ok(())

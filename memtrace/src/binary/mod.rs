@@ -29,8 +29,8 @@ use std::{
 
 pub use buildinfo::{parse_go_version, BuildInfo, GoVersion};
 pub use disasm::{
-    call_offsets,
-    entry_probe_offset, ret_offsets, ENTRY_PROBE_MAX_BYTES, ENTRY_PROBE_MAX_INSTRUCTIONS,
+    call_offsets, entry_probe_offset, ret_offsets, ENTRY_PROBE_MAX_BYTES,
+    ENTRY_PROBE_MAX_INSTRUCTIONS,
 };
 pub use pclntab::{InlinedFrame, PcLocation, Pclntab};
 

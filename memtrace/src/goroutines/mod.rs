@@ -1,9 +1,12 @@
 //! Goroutine lifecycles and goroutine leaks.
 //!
-//! Creations and exits come from the probes; states and wait reasons from periodic scans of
-//! the target's memory ([`scan`]), which also find the goroutines that existed before memtrace
-//! attached (their age is unknown) and correct for lost records. Live sessions and recorded
-//! traces feed the same [`Goroutines`].
+//! Creations come from a probe, with the creating stack; everything else from periodic scans of
+//! the target's memory ([`scan`]): states and wait reasons, exits (a goroutine's `g` is dead or
+//! holds another goroutine), and the goroutines that existed before memtrace attached (their
+//! age is unknown). Exits are not probed: a second probe hit per goroutine would double what
+//! goroutine-heavy programs pay, for exit times nobody reads, and a scan every second sees
+//! every exit anyway (the runtime never frees a `g`). Live sessions and recorded traces feed
+//! the same [`Goroutines`].
 //!
 //! Long-lived goroutines (older than [`leak_rule::MIN_AGE_S`]) are grouped by the `go`
 //! statement that created them, the function they run and their state. A group is a
@@ -12,14 +15,11 @@
 
 pub mod scan;
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     analysis::{linear_fit, SiteKey},
-    events::{GoroutineCreateEvent, GoroutineExitEvent, GoroutineScan, GoroutineState},
+    events::{GoroutineCreateEvent, GoroutineScan, GoroutineState},
     symbolize::{Frame, Symbolizer},
 };
 
@@ -160,11 +160,10 @@ pub struct Goroutines {
     /// Group sizes at each scan: (seconds since the first scan, members).
     series: HashMap<GroupKey, Vec<(f64, u32)>>,
     groups: Vec<GoroutineGroup>,
-    /// Exits inferred from scans, whose records may still arrive.
-    reaped: HashSet<u64>,
     first_scan_ns: Option<u64>,
     pub last_scan_ns: Option<u64>,
-    /// Goroutines created while attached (user ones; system ones counted apart).
+    /// Goroutines created while attached (user ones; system ones counted apart), and those of
+    /// them and of the goroutines from before attach that scans found gone.
     pub created: u64,
     pub created_system: u64,
     pub exited: u64,
@@ -173,11 +172,6 @@ pub struct Goroutines {
     pub before_attach: u64,
     /// Goroutines later scans found whose creation record never arrived.
     pub found_by_scan: u64,
-    /// Goroutines a scan found gone whose exit record has not arrived (lost, or still on its
-    /// way when the session ended).
-    pub exits_inferred: u64,
-    /// Exit records of goroutines memtrace never knew (exited between attach and first scan).
-    pub unmatched_exits: u64,
     pub scans: u64,
     /// Scans that could not read the target.
     pub scan_failures: u64,
@@ -337,24 +331,6 @@ impl Goroutines {
         }
     }
 
-    pub fn exit(&mut self, event: &GoroutineExitEvent) {
-        match self.live.remove(&event.goid) {
-            Some(gone) => {
-                if self.origins[gone.origin as usize].system {
-                    self.exited_system += 1;
-                } else {
-                    self.exited += 1;
-                }
-            }
-            // Already counted when a scan found it gone: the record was only late (the ring
-            // buffer is read up to the first record still being written).
-            None if self.reaped.remove(&event.goid) => {
-                self.exits_inferred = self.exits_inferred.saturating_sub(1);
-            }
-            None => self.unmatched_exits += 1,
-        }
-    }
-
     fn state_id(&mut self, label: &str) -> u32 {
         if let Some(&id) = self.state_ids.get(label) {
             return id;
@@ -379,32 +355,44 @@ impl Goroutines {
         }
     }
 
-    /// Applies a scan: states and wait reasons, goroutines memtrace did not see created, exits
-    /// it did not see; then regroups the long-lived goroutines.
+    /// The target exited: every goroutine ended with it. The groups of the last scan stay, as
+    /// the last word on what was alive.
+    pub fn target_exited(&mut self) {
+        for gone in std::mem::take(&mut self.live).into_values() {
+            if self.origins[gone.origin as usize].system {
+                self.exited_system += 1;
+            } else {
+                self.exited += 1;
+            }
+        }
+    }
+
+    /// Applies a scan: states and wait reasons, exits, goroutines memtrace did not see created;
+    /// then regroups the long-lived goroutines.
     pub fn scan(&mut self, scan: &GoroutineScan, symbolizer: &mut Symbolizer, load_bias: u64) {
         let first = self.first_scan_ns.is_none();
         self.first_scan_ns.get_or_insert(scan.ts_ns);
         self.last_scan_ns = Some(scan.ts_ns);
         self.scans += 1;
         self.complete_scans = scan.complete;
-        let by_g: HashMap<u64, &GoroutineState> =
-            scan.goroutines.iter().map(|state| (state.g, state)).collect();
-        // Goroutines whose `g` now holds another goroutine or none: their exit was missed, or
-        // its record is still on its way.
+        let by_g: HashMap<u64, &GoroutineState> = scan
+            .goroutines
+            .iter()
+            .map(|state| (state.g, state))
+            .collect();
+        // Goroutines whose `g` is dead or holds another goroutine have exited. A `g` that was
+        // not read (unreadable, or not in a partial scan) says nothing.
         let gone: Vec<u64> = self
             .live
             .iter()
             .filter(|(&goid, live)| {
-                by_g.get(&live.g).is_some_and(|state| {
-                    state.goid != goid || !status::is_alive(state.status)
-                })
+                by_g.get(&live.g)
+                    .is_some_and(|state| state.goid != goid || !status::is_alive(state.status))
             })
             .map(|(&goid, _)| goid)
             .collect();
         for goid in gone {
             if let Some(gone) = self.live.remove(&goid) {
-                self.exits_inferred += 1;
-                self.reaped.insert(goid);
                 if self.origins[gone.origin as usize].system {
                     self.exited_system += 1;
                 } else {
@@ -419,9 +407,6 @@ impl Goroutines {
             if let Some(live) = self.live.get_mut(&state.goid) {
                 live.status = Some(state.status);
                 live.wait_reason = state.wait_reason;
-                continue;
-            }
-            if self.reaped.contains(&state.goid) {
                 continue;
             }
             let origin = self.origin_of(state.go_pc, state.start_pc, symbolizer, load_bias);
@@ -453,8 +438,11 @@ impl Goroutines {
         let min_age_ns = (leak_rule::MIN_AGE_S * 1e9) as u64;
         // Members per group: (goid, created_ns, blocked).
         let mut members: HashMap<GroupKey, Vec<(u64, Option<u64>, bool)>> = HashMap::new();
-        let snapshot: Vec<(u64, LiveGoroutine)> =
-            self.live.iter().map(|(&goid, &live)| (goid, live)).collect();
+        let snapshot: Vec<(u64, LiveGoroutine)> = self
+            .live
+            .iter()
+            .map(|(&goid, &live)| (goid, live))
+            .collect();
         for (goid, live) in snapshot {
             let Some(status) = live.status else { continue };
             if self.origins[live.origin as usize].system {
@@ -555,4 +543,262 @@ pub fn judge(group: &GoroutineGroup) -> (bool, f64) {
         && oldest_ok;
     let score = f64::from(group.blocked) * group.steadiness;
     (leak, if leak { score } else { 0.0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use memtrace_tests::fixtures::{go_program, Variant};
+
+    use super::*;
+    use crate::binary::GoBinary;
+
+    fn group(count: u32, blocked: u32, recent: u32, oldest: Option<f64>) -> GoroutineGroup {
+        GoroutineGroup {
+            origin: 0,
+            state: "chan send".into(),
+            count,
+            blocked,
+            unknown_age: 0,
+            oldest_age_s: oldest,
+            recent,
+            goids: Vec::new(),
+            window_s: 10.0,
+            growth_per_s: 5.0,
+            steadiness: 0.95,
+            scans: 10,
+            leak: false,
+            score: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_leak_rule_wants_growth_blocked_members_newcomers_and_survivors() {
+        let leaking = group(50, 50, 25, Some(10.0));
+        assert_eq!(judge(&leaking), (true, 50.0 * 0.95));
+        // A pool started once: nobody new.
+        assert!(!judge(&group(50, 50, 0, Some(10.0))).0);
+        // Busy, not blocked.
+        assert!(!judge(&group(50, 10, 25, Some(10.0))).0);
+        // Churn: everyone is young.
+        assert!(!judge(&group(50, 50, 25, Some(2.0))).0);
+        // Members from before attach count as old.
+        assert!(
+            judge(&GoroutineGroup {
+                unknown_age: 5,
+                ..group(50, 50, 25, None)
+            })
+            .0
+        );
+        // Not enough scans, not enough growth, not steady.
+        assert!(
+            !judge(&GoroutineGroup {
+                scans: 4,
+                ..leaking.clone()
+            })
+            .0
+        );
+        assert!(
+            !judge(&GoroutineGroup {
+                growth_per_s: 0.2,
+                ..leaking.clone()
+            })
+            .0
+        );
+        assert!(
+            !judge(&GoroutineGroup {
+                steadiness: 0.3,
+                ..leaking.clone()
+            })
+            .0
+        );
+    }
+
+    struct Program {
+        symbolizer: Symbolizer,
+        /// (gopc, startpc) of `go parkedEarly()`, `go parkedLate()` and a runtime goroutine.
+        early: (u64, u64),
+        late: (u64, u64),
+        runtime: (u64, u64),
+    }
+
+    fn gocount() -> Program {
+        let path = go_program("gocount", "1.26.6", Variant::Default);
+        let binary = Arc::new(GoBinary::open(&path).unwrap());
+        let addr = |name: &str| binary.function(name).unwrap().addr;
+        // Return addresses just past a call inside the function holding the `go` statement.
+        let main = addr("main.main");
+        Program {
+            early: (main + 0x40, addr("main.parkedEarly")),
+            late: (main + 0x80, addr("main.parkedLate")),
+            runtime: (addr("runtime.gcenable") + 0x20, addr("runtime.bgsweep")),
+            symbolizer: Symbolizer::new(binary, path),
+        }
+    }
+
+    fn created(
+        goid: u64,
+        g: u64,
+        (go_pc, start_pc): (u64, u64),
+        at_s: f64,
+    ) -> GoroutineCreateEvent {
+        GoroutineCreateEvent {
+            pid: 1,
+            ts_ns: (at_s * 1e9) as u64,
+            goid,
+            parent_goid: 1,
+            g,
+            start_pc,
+            go_pc,
+            stack_id: None,
+            stack: Vec::new(),
+        }
+    }
+
+    fn state(goid: u64, g: u64, status: u32, (go_pc, start_pc): (u64, u64)) -> GoroutineState {
+        GoroutineState {
+            goid,
+            g,
+            status,
+            wait_reason: 7,
+            parent_goid: 1,
+            start_pc,
+            go_pc,
+        }
+    }
+
+    fn scan(at_s: f64, goroutines: Vec<GoroutineState>) -> GoroutineScan {
+        GoroutineScan {
+            pid: 1,
+            ts_ns: (at_s * 1e9) as u64,
+            goroutines,
+            complete: true,
+        }
+    }
+
+    #[test]
+    fn scans_find_exits_states_and_goroutines_from_before_attach() {
+        let mut p = gocount();
+        let mut g = Goroutines::new();
+        g.set_wait_reasons((0..10).map(|i| format!("reason {i}")).collect());
+        // Goroutine 10 existed before attach; 20 and 21 are created; 30 is a runtime one.
+        g.create(&created(20, 0x2000, p.late, 0.1), &mut p.symbolizer, 0);
+        g.create(&created(21, 0x2100, p.late, 0.2), &mut p.symbolizer, 0);
+        g.create(&created(30, 0x3000, p.runtime, 0.3), &mut p.symbolizer, 0);
+        assert_eq!((g.created, g.created_system), (2, 1));
+        g.scan(
+            &scan(
+                2.0,
+                vec![
+                    state(10, 0x1000, status::WAITING, p.early),
+                    state(20, 0x2000, status::WAITING, p.late),
+                    // 21's g was reused by 22, whose creation record is still on its way.
+                    state(22, 0x2100, status::RUNNABLE, p.late),
+                    state(30, 0x3000, status::WAITING, p.runtime),
+                    // A free g.
+                    state(5, 0x5000, status::DEAD, p.early),
+                ],
+            ),
+            &mut p.symbolizer,
+            0,
+        );
+        assert_eq!(g.exited, 1, "21 exited");
+        assert_eq!(g.before_attach, 2, "10, and 22 for now");
+        assert_eq!(
+            (g.live_user(), g.live_system(), g.live_unknown_age()),
+            (3, 1, 2)
+        );
+        g.create(&created(22, 0x2100, p.late, 1.9), &mut p.symbolizer, 0);
+        assert_eq!(g.before_attach, 1, "22's record arrived");
+        assert_eq!(g.live_unknown_age(), 1);
+        let late_origin = &g.origins()[0];
+        assert_eq!(late_origin.start_function, "main.parkedLate");
+        let innermost = p.symbolizer.frames(p.late.0 - 1)[0].clone();
+        assert_eq!(
+            late_origin.site.function, innermost.function,
+            "the call, one byte back"
+        );
+        assert!(!late_origin.system && g.origins()[1].system);
+        // Groups, as of the scan: long-lived user goroutines by origin and state. 22 was of
+        // unknown age then, so it counted as long-lived.
+        let groups = g.groups();
+        assert_eq!(groups.len(), 3, "{groups:?}");
+        let start = |gr: &GoroutineGroup| g.origins()[gr.origin as usize].start_function.clone();
+        let early: Vec<_> = groups
+            .iter()
+            .filter(|gr| start(gr) == "main.parkedEarly")
+            .collect();
+        assert_eq!(early.len(), 1);
+        assert_eq!(
+            (early[0].count, early[0].blocked, early[0].oldest_age_s),
+            (1, 1, None)
+        );
+        assert_eq!(
+            (early[0].unknown_age, early[0].state.as_str()),
+            (1, "reason 7")
+        );
+        let late_blocked = groups
+            .iter()
+            .find(|gr| gr.state == "reason 7" && start(gr) == "main.parkedLate")
+            .unwrap();
+        assert_eq!(late_blocked.goids, vec![20]);
+        assert!((late_blocked.oldest_age_s.unwrap() - 1.9).abs() < 1e-6);
+        let late_runnable = groups.iter().find(|gr| gr.state == "runnable").unwrap();
+        assert_eq!(
+            (late_runnable.goids.as_slice(), late_runnable.blocked),
+            (&[22][..], 0)
+        );
+        g.target_exited();
+        assert_eq!(g.live_user(), 0);
+        assert_eq!(g.exited, 4);
+    }
+
+    #[test]
+    fn a_growing_blocked_group_is_a_leak_and_a_fixed_one_is_not() {
+        let mut p = gocount();
+        let mut g = Goroutines::new();
+        let mut next_goid = 100;
+        let mut states = Vec::new();
+        // A pool of 8 from the start, and 5 more leaked goroutines every second.
+        for pool in 0..8 {
+            g.create(
+                &created(pool + 1, 0x1000 + pool * 0x100, p.early, 0.0),
+                &mut p.symbolizer,
+                0,
+            );
+            states.push(state(
+                pool + 1,
+                0x1000 + pool * 0x100,
+                status::WAITING,
+                p.early,
+            ));
+        }
+        for second in 1..=12 {
+            for _ in 0..5 {
+                let g_addr = 0x10_0000 + next_goid * 0x100;
+                g.create(
+                    &created(next_goid, g_addr, p.late, f64::from(second) - 0.5),
+                    &mut p.symbolizer,
+                    0,
+                );
+                states.push(state(next_goid, g_addr, status::WAITING, p.late));
+                next_goid += 1;
+            }
+            g.scan(
+                &scan(f64::from(second), states.clone()),
+                &mut p.symbolizer,
+                0,
+            );
+        }
+        let leaks = g.leaks();
+        assert_eq!(leaks.len(), 1, "{:?}", g.groups());
+        let origin = &g.origins()[leaks[0].origin as usize];
+        assert_eq!(origin.start_function, "main.parkedLate");
+        assert!((leaks[0].growth_per_s - 5.0).abs() < 0.5, "{:?}", leaks[0]);
+        assert_eq!(
+            leaks[0].count, 55,
+            "members younger than a second are not counted yet"
+        );
+        let pool = g.groups().iter().find(|gr| gr.count == 8).unwrap();
+        assert!(!pool.leak);
+    }
 }

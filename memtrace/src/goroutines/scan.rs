@@ -148,13 +148,18 @@ impl GoroutineReader {
             return Vec::new();
         };
         let mut headers = vec![0u8; count as usize * 16];
-        if !matches!(read_ranges(self.pid, &[(addr, headers.len())], &mut headers).as_deref(), Ok([true]))
-        {
+        if !matches!(
+            read_ranges(self.pid, &[(addr, headers.len())], &mut headers).as_deref(),
+            Ok([true])
+        ) {
             return Vec::new();
         }
         (0..count as usize)
             .map(|index| {
-                let (ptr, len) = (u64_at(&headers, index * 16), u64_at(&headers, index * 16 + 8));
+                let (ptr, len) = (
+                    u64_at(&headers, index * 16),
+                    u64_at(&headers, index * 16 + 8),
+                );
                 if len == 0 || len > 256 {
                     return String::new();
                 }
@@ -169,7 +174,11 @@ impl GoroutineReader {
 
     /// Reads every goroutine of the runtime's list, plus the `extra` goroutines (`g`
     /// addresses memtrace saw created; the only ones read when the binary has no symbols).
-    pub fn scan(&self, ts_ns: u64, extra: impl IntoIterator<Item = u64>) -> io::Result<GoroutineScan> {
+    pub fn scan(
+        &self,
+        ts_ns: u64,
+        extra: impl IntoIterator<Item = u64>,
+    ) -> io::Result<GoroutineScan> {
         let mut gs = Vec::new();
         let mut complete = false;
         if let Some(allgs) = self.allgs {
@@ -178,7 +187,8 @@ impl GoroutineReader {
                 let (array, len) = (u64_at(&header, 0), u64_at(&header, 8));
                 if len <= MAX_GOROUTINES {
                     let mut pointers = vec![0u8; len as usize * 8];
-                    if len == 0 || read_ranges(self.pid, &[(array, pointers.len())], &mut pointers)?[0]
+                    if len == 0
+                        || read_ranges(self.pid, &[(array, pointers.len())], &mut pointers)?[0]
                     {
                         gs.extend(pointers.chunks_exact(8).map(|p| u64_at(p, 0)));
                         complete = true;
