@@ -1,6 +1,6 @@
 //! Loading the eBPF object, configuring targets, attaching probes, reading counters.
 
-use std::{collections::HashMap as StdHashMap, io, path::Path};
+use std::{collections::HashMap as StdHashMap, io, path::Path, sync::Arc};
 
 use aya::{
     maps::{
@@ -316,13 +316,13 @@ impl Drop for Tracer {
 /// never replaces a stored stack and memtrace never deletes one.
 pub struct CreationStacks {
     map: StackTraceMap<MapData>,
-    cache: StdHashMap<u32, Vec<u64>>,
+    cache: StdHashMap<u32, Arc<[u64]>>,
 }
 
 impl CreationStacks {
     /// The stack stored under `id` (runtime addresses, innermost first); empty if the map has
     /// none.
-    pub fn get(&mut self, id: u32) -> Vec<u64> {
+    pub fn get(&mut self, id: u32) -> Arc<[u64]> {
         let map = &self.map;
         self.cache
             .entry(id)
@@ -330,7 +330,7 @@ impl CreationStacks {
                 Ok(stack) => stack.frames().iter().map(|frame| frame.ip).collect(),
                 Err(error) => {
                     log::debug!("goroutine creation stack {id}: {error}");
-                    Vec::new()
+                    Arc::from([])
                 }
             })
             .clone()

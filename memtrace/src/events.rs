@@ -3,6 +3,8 @@
 //! Live sessions decode records straight from the ring buffer; recorded traces will decode the
 //! same bytes from a file. Both feed the same analysis.
 
+use std::sync::Arc;
+
 use memtrace_common::{
     tag, AllocSample, GcCycle, GoroutineCreate, ObjectFree, RecordHeader, NUM_SIZE_CLASSES,
 };
@@ -60,7 +62,8 @@ pub struct GoroutineCreateEvent {
     /// captured. The session fills `stack` from it.
     pub stack_id: Option<u32>,
     /// The creator's stack (runtime addresses, innermost first); empty when not captured.
-    pub stack: Vec<u64>,
+    /// Shared: every goroutine of a `go` statement has the same one.
+    pub stack: Arc<[u64]>,
 }
 
 /// One goroutine as a scan of the runtime's goroutine list found it.
@@ -216,7 +219,7 @@ impl Event {
                     start_pc: created.start_pc,
                     go_pc: created.go_pc,
                     stack_id: u32::try_from(created.stack_id).ok(),
-                    stack: Vec::new(),
+                    stack: Arc::from([]),
                 }))
             }
             other => Err(DecodeError::UnknownTag(other)),

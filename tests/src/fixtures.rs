@@ -31,6 +31,7 @@ pub const GO_PROGRAMS: &[&str] = &[
     "weakdeath",
     "goleaks",
     "gocount",
+    "gobench",
 ];
 
 /// How a Go test program is linked.

@@ -13,9 +13,10 @@
 //!
 //! Then the default sampled mode (`memtrace --no-live`: the runtime's heap profiler at
 //! 512 KiB, objects tracked to their death) against untraced, interleaved, on a run long
-//! enough (`--sampled-allocs`) to show a 1% difference; and the userspace tracking speed and
-//! memory per tracked object, replaying synthetic records through the analysis
-//! (`memtrace/examples/analysis_throughput.rs`).
+//! enough (`--sampled-allocs`) to show a 1% difference; goroutine tracking on a
+//! goroutine-heavy program (`tests/go/gobench`: a goroutine per request) at two request
+//! rates; and the userspace tracking speed and memory per tracked object, replaying synthetic
+//! records through the analysis (`memtrace/examples/analysis_throughput.rs`).
 
 use std::{
     fmt::Write as _,
@@ -49,6 +50,12 @@ pub struct Options {
     /// Allocations per run for the sampled-mode comparison.
     #[arg(long, default_value_t = 60_000_000)]
     sampled_allocs: u32,
+    /// Requests (goroutines) per run of the goroutine benchmark.
+    #[arg(long, default_value_t = 200_000)]
+    goroutine_requests: u32,
+    /// Run only the goroutine benchmark.
+    #[arg(long)]
+    goroutines_only: bool,
 }
 
 struct Case {
@@ -102,6 +109,13 @@ pub fn run(options: &Options) -> Result<ExitCode> {
         "--allocs must be at least --goroutines, and both positive"
     );
     let (_tools, memtrace) = build::run()?;
+    if options.goroutines_only {
+        return Ok(if goroutine_heavy(&memtrace, options)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let program = build_go_program("bench", &options.go, Variant::Default, &[], "")?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -128,8 +142,9 @@ pub fn run(options: &Options) -> Result<ExitCode> {
     print!("{}", report(&results, options));
     let sampled_ok = sampled_mode(&memtrace, &program, options)?;
     per_sample_cost(&memtrace, &program, options)?;
+    let goroutines_ok = goroutine_heavy(&memtrace, options)?;
     analysis_throughput(&program)?;
-    Ok(if results[UNTRACED].is_ok() && sampled_ok {
+    Ok(if results[UNTRACED].is_ok() && sampled_ok && goroutines_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -264,6 +279,95 @@ fn per_sample_cost(memtrace: &Path, program: &Path, options: &Options) -> Result
         format_ns(cpu),
     );
     Ok(())
+}
+
+/// Work per request of the goroutine benchmark (hash rounds over 256 bytes) and what it makes
+/// of the program on this 2-vCPU VM: about 50,000 goroutines per second ("tens of thousands":
+/// a busy server), about 120,000, and about 400,000 (nothing but goroutine churn: the worst
+/// case).
+const GOROUTINE_WORKLOADS: [(u32, &str); 3] = [
+    (160, "server-like"),
+    (64, "busier"),
+    (16, "churn only"),
+];
+
+/// memtrace on a goroutine-heavy program: untraced, traced with goroutine tracking (the
+/// default) and traced without it (`--no-goroutines`), interleaved; prints medians, ratios and
+/// the program CPU each goroutine costs.
+fn goroutine_heavy(memtrace: &Path, options: &Options) -> Result<bool> {
+    let program = build_go_program("gobench", &options.go, Variant::Default, &[], "")?;
+    let requests = options.goroutine_requests.to_string();
+    let mut ok = true;
+    for (work, label) in GOROUTINE_WORKLOADS {
+        let work = work.to_string();
+        let cases: [(&str, Option<&[&str]>); 3] = [
+            ("untraced", None),
+            ("traced", Some(&["--no-live"])),
+            ("no-goroutines", Some(&["--no-live", "--no-goroutines"])),
+        ];
+        let mut runs: [Vec<Measurement>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for round in 1..=options.rounds {
+            for ((name, memtrace_args), runs) in cases.iter().zip(&mut runs) {
+                let mut command = match memtrace_args {
+                    None => Command::new(&program),
+                    Some(args) => {
+                        let mut command = Command::new(memtrace);
+                        command.args(*args).arg("--").arg(&program);
+                        command
+                    }
+                };
+                command.args([&requests, &work]);
+                match measure(&mut command) {
+                    Ok(measurement) => {
+                        print_round(round, options.rounds, name, &measurement);
+                        runs.push(measurement);
+                    }
+                    Err(error) => {
+                        println!("bench: {name}: FAILED: {error:#}");
+                        ok = false;
+                    }
+                }
+            }
+        }
+        let [Some(untraced), Some(traced), Some(without)] = [
+            median_measurement(&runs[0]),
+            median_measurement(&runs[1]),
+            median_measurement(&runs[2]),
+        ] else {
+            continue;
+        };
+        let goroutines = f64::from(options.goroutine_requests);
+        println!(
+            "\ngoroutine-heavy ({label}): gobench {requests} goroutines, {work} hash rounds each, \
+             medians of {} rounds; untraced {:.0} goroutines/s",
+            options.rounds,
+            goroutines / (untraced.elapsed / 1e9),
+        );
+        for (name, index, baseline) in [
+            ("traced vs untraced", 1, 0),
+            ("no-goroutines vs untraced", 2, 0),
+            ("traced vs no-goroutines", 1, 2),
+        ] {
+            let measured = [untraced, traced, without];
+            let per_round = median(
+                runs[index]
+                    .iter()
+                    .zip(&runs[baseline])
+                    .map(|(t, b)| t.elapsed / b.elapsed),
+            );
+            println!(
+                "{name:<27} elapsed ratio {:.4}x (median of per-round ratios {:.4}x), CPU ratio {:.4}x",
+                measured[index].elapsed / measured[baseline].elapsed,
+                per_round.unwrap_or(f64::NAN),
+                measured[index].cpu / measured[baseline].cpu,
+            );
+        }
+        println!(
+            "goroutine tracking costs {:.0} ns of the program's CPU per goroutine",
+            (traced.cpu - without.cpu) / goroutines
+        );
+    }
+    Ok(ok)
 }
 
 fn print_round(round: u32, rounds: u32, name: &str, measurement: &Measurement) {

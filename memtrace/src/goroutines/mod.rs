@@ -650,7 +650,7 @@ mod tests {
             start_pc,
             go_pc,
             stack_id: None,
-            stack: Vec::new(),
+            stack: Arc::from([]),
         }
     }
 
