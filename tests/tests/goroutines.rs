@@ -197,19 +197,24 @@ fn finish(child: Child, json: &Path, what: &str) -> Value {
 }
 
 /// Attach mode: the 50 goroutines parked before memtrace attached are found in the runtime's
-/// goroutine list, with unknown age; the count still matches `runtime.NumGoroutine()`.
+/// goroutine list, with unknown age; the count still matches `runtime.NumGoroutine()`. Stripped
+/// and PIE builds too: the list and the wait-reason names are then found from the code.
 fn goroutines_from_before_attach_have_unknown_age(version: &str) {
-    let program = go_program("gocount", version, Variant::Default);
-    let target = Captured::start(
-        &program,
-        &["-churn", "2s", "-duration", "0"],
-        &format!("gocount-{version}"),
-    );
-    let (tracer, json) = trace_pid(target.running.pid, "5s", &format!("gocount-{version}"));
-    let report = finish(tracer, &json, version);
+    for variant in Variant::ALL {
+        before_attach_variant(version, variant);
+    }
+}
+
+fn before_attach_variant(version: &str, variant: Variant) {
+    let program = go_program("gocount", version, variant);
+    let name = format!("gocount-{version}-{}", variant.name());
+    let target = Captured::start(&program, &["-churn", "2s", "-duration", "0"], &name);
+    let (tracer, json) = trace_pid(target.running.pid, "5s", &name);
+    let report = finish(tracer, &json, &name);
     let steady = target.wait_for("STEADY", Duration::from_secs(1));
     let counts = &report["goroutines"];
-    eprintln!("Go {version}: STEADY {steady}, memtrace {counts}");
+    eprintln!("{name}: STEADY {steady}, memtrace {counts}");
+    assert_eq!(counts["complete_scans"], true, "{name}");
     assert_eq!(u64_at(&report, "/goroutines/live"), steady, "{counts}");
     // The 50 parked ones, main and os/signal's watcher were there before.
     assert!(
@@ -227,6 +232,7 @@ fn goroutines_from_before_attach_have_unknown_age(version: &str) {
     assert_eq!(early.len(), 1, "{}", report["goroutine_groups"]);
     assert_eq!(early[0]["count"], 50);
     assert_eq!(early[0]["unknown_age"], 50);
+    assert_eq!(early[0]["wait_reason"], "chan receive", "{name}");
     assert_eq!(early[0]["oldest_age_s"], Value::Null);
     assert_eq!(early[0]["start_function"], "main.parkedEarly");
     // Created before attach: no creation stack.

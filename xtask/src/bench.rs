@@ -144,11 +144,13 @@ pub fn run(options: &Options) -> Result<ExitCode> {
     per_sample_cost(&memtrace, &program, options)?;
     let goroutines_ok = goroutine_heavy(&memtrace, options)?;
     analysis_throughput(&program)?;
-    Ok(if results[UNTRACED].is_ok() && sampled_ok && goroutines_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if results[UNTRACED].is_ok() && sampled_ok && goroutines_ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 /// Untraced against the default sampled mode, on a long run; prints the medians and ratio.
@@ -285,11 +287,8 @@ fn per_sample_cost(memtrace: &Path, program: &Path, options: &Options) -> Result
 /// of the program on this 2-vCPU VM: about 50,000 goroutines per second ("tens of thousands":
 /// a busy server), about 120,000, and about 400,000 (nothing but goroutine churn: the worst
 /// case).
-const GOROUTINE_WORKLOADS: [(u32, &str); 3] = [
-    (160, "server-like"),
-    (64, "busier"),
-    (16, "churn only"),
-];
+const GOROUTINE_WORKLOADS: [(u32, &str); 3] =
+    [(160, "server-like"), (64, "busier"), (16, "churn only")];
 
 /// memtrace on a goroutine-heavy program: untraced, traced with goroutine tracking (the
 /// default) and traced without it (`--no-goroutines`), interleaved; prints medians, ratios and

@@ -72,6 +72,7 @@ pub(crate) struct Symbol {
     pub kind: u8,
 }
 
+#[derive(Clone)]
 pub(crate) struct ElfIndex {
     pub elf_type: u16,
     pub sections: Vec<Section>,

@@ -261,6 +261,31 @@ impl GoBinary {
             .map(|symbol| symbol.addr)
     }
 
+    /// Whether `vaddr` lies in a writable, non-executable loadable segment (Go's `.data`,
+    /// `.noptrdata`, `.bss`).
+    pub fn is_writable_data(&self, vaddr: u64) -> bool {
+        self.elf
+            .segment_containing(vaddr)
+            .is_some_and(|segment| segment.is_writable() && !segment.is_executable())
+    }
+
+    /// The same binary as if `.symtab` had been stripped (nothing moves), to check that what is
+    /// found without symbols is what the symbols say.
+    #[cfg(test)]
+    pub(crate) fn without_symbols(&self) -> GoBinary {
+        let mut elf = self.elf.clone();
+        elf.symbols.clear();
+        elf.symtab_functions.clear();
+        GoBinary {
+            path: self.path.clone(),
+            data: self.data.clone(),
+            elf,
+            build_info: self.build_info.clone(),
+            pclntab: self.pclntab.clone(),
+            types_base: self.types_base,
+        }
+    }
+
     /// Like [`GoBinary::data_symbol`], with the symbol's size in bytes.
     pub fn data_symbol_with_size(&self, name: &str) -> Option<(u64, u64)> {
         self.elf

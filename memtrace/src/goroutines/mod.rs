@@ -263,6 +263,17 @@ impl Goroutines {
             Some(frame) if start_pc != 0 => frame.function.clone(),
             _ => "[unknown]".into(),
         };
+        // The main goroutine is created by the runtime's assembly start-up code, through an
+        // ABI wrapper without a source line.
+        let site = if start_function == "runtime.main" {
+            SiteKey {
+                function: "[program start]".into(),
+                file: String::new(),
+                line: 0,
+            }
+        } else {
+            site
+        };
         let key = (site, start_function);
         let id = match self.origin_ids.get(&key) {
             Some(&id) => id,

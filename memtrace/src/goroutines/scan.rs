@@ -8,7 +8,7 @@ use std::io;
 use crate::{
     binary::GoBinary,
     events::{GoroutineScan, GoroutineState},
-    runtime::RuntimeLayout,
+    runtime::{locate_allgs, locate_wait_reason_strings, RuntimeLayout},
 };
 
 /// `_Gscan`: set on top of a status while the GC scans the goroutine's stack.
@@ -99,7 +99,7 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 /// Reads goroutines out of one process.
 pub struct GoroutineReader {
     pid: u32,
-    /// Runtime address of `runtime.allgs` (a `[]*g`), when the binary has symbols.
+    /// Runtime address of `runtime.allgs` (a `[]*g`), when it could be found.
     allgs: Option<u64>,
     /// Runtime address and length of `runtime.waitReasonStrings` (a `[N]string`).
     wait_reason_strings: Option<(u64, u64)>,
@@ -124,25 +124,17 @@ impl GoroutineReader {
         let window_end = fields.iter().copied().max().unwrap_or(0) + 8;
         GoroutineReader {
             pid,
-            allgs: binary
-                .data_symbol("runtime.allgs")
-                .map(|addr| addr.wrapping_add(load_bias)),
-            wait_reason_strings: binary
-                .data_symbol_with_size("runtime.waitReasonStrings")
-                .map(|(addr, size)| (addr.wrapping_add(load_bias), size / 16)),
+            allgs: locate_allgs(binary).map(|addr| addr.wrapping_add(load_bias)),
+            wait_reason_strings: locate_wait_reason_strings(binary)
+                .map(|(addr, count)| (addr.wrapping_add(load_bias), count)),
             layout,
             window_start,
             window_len: (window_end - window_start) as usize,
         }
     }
 
-    /// Whether the whole goroutine list can be read (the binary has `runtime.allgs`).
-    pub fn sees_all_goroutines(&self) -> bool {
-        self.allgs.is_some()
-    }
-
-    /// The runtime's names of its wait reasons, indexed by `g.waitreason`; empty when the
-    /// binary has no symbol for them.
+    /// The runtime's names of its wait reasons, indexed by `g.waitreason`; empty when they
+    /// could not be found.
     pub fn wait_reasons(&self) -> Vec<String> {
         let Some((addr, count)) = self.wait_reason_strings.filter(|&(_, n)| n <= 256) else {
             return Vec::new();
@@ -173,7 +165,7 @@ impl GoroutineReader {
     }
 
     /// Reads every goroutine of the runtime's list, plus the `extra` goroutines (`g`
-    /// addresses memtrace saw created; the only ones read when the binary has no symbols).
+    /// addresses memtrace saw created; the only ones read when the list was not found).
     pub fn scan(
         &self,
         ts_ns: u64,

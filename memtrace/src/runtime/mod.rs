@@ -211,6 +211,88 @@ fn mem_profile_rate_from_code(binary: &crate::binary::GoBinary) -> Option<u64> {
     }
 }
 
+/// RIP-relative data addresses the code of `name` refers to, with the instructions' operand
+/// sizes, in code order.
+fn rip_relative_operands(binary: &crate::binary::GoBinary, name: &str) -> Vec<(u64, usize)> {
+    let Some(function) = binary.function(name) else {
+        return Vec::new();
+    };
+    let Ok(code) = binary.code(&function) else {
+        return Vec::new();
+    };
+    let mut decoder =
+        iced_x86::Decoder::with_ip(64, code, function.addr, iced_x86::DecoderOptions::NONE);
+    let mut operands = Vec::new();
+    while decoder.can_decode() {
+        let instruction = decoder.decode();
+        if instruction.is_ip_rel_memory_operand() {
+            operands.push((
+                instruction.ip_rel_memory_address(),
+                instruction.memory_size().size(),
+            ));
+        }
+    }
+    operands
+}
+
+/// Link-time address of `runtime.allgs` (the `[]*g` of every goroutine): from `.symtab`, or in
+/// stripped binaries from `runtime.allgadd`, whose `allgs = append(allgs, gp)` is the only
+/// place there that touches three consecutive words (the slice's pointer, length and
+/// capacity).
+pub fn locate_allgs(binary: &crate::binary::GoBinary) -> Option<u64> {
+    binary.data_symbol("runtime.allgs").or_else(|| {
+        let addresses: std::collections::BTreeSet<u64> =
+            rip_relative_operands(binary, "runtime.allgadd")
+                .into_iter()
+                .map(|(addr, _)| addr)
+                .collect();
+        let mut slices = addresses
+            .iter()
+            .copied()
+            .filter(|&addr| addresses.contains(&(addr + 8)) && addresses.contains(&(addr + 16)));
+        match (slices.next(), slices.next()) {
+            (Some(addr), None) => Some(addr),
+            _ => None,
+        }
+    })
+}
+
+/// Link-time address and length of `runtime.waitReasonStrings` (a `[N]string`): from
+/// `.symtab`, or in stripped binaries from `runtime.waitReason.String`, which compares the
+/// reason with N (`cmp $N, %al`) and indexes the array with a RIP-relative `lea`.
+pub fn locate_wait_reason_strings(binary: &crate::binary::GoBinary) -> Option<(u64, u64)> {
+    if let Some((addr, size)) = binary.data_symbol_with_size("runtime.waitReasonStrings") {
+        return Some((addr, size / 16));
+    }
+    let function = binary.function("runtime.waitReason.String")?;
+    let code = binary.code(&function).ok()?;
+    let mut decoder =
+        iced_x86::Decoder::with_ip(64, code, function.addr, iced_x86::DecoderOptions::NONE);
+    let (mut count, mut array) = (None, None);
+    while decoder.can_decode() && (count.is_none() || array.is_none()) {
+        let instruction = decoder.decode();
+        match instruction.mnemonic() {
+            iced_x86::Mnemonic::Cmp
+                if count.is_none()
+                    && instruction.op0_register() == iced_x86::Register::AL
+                    && instruction.op1_kind() == iced_x86::OpKind::Immediate8 =>
+            {
+                count = Some(u64::from(instruction.immediate8()));
+            }
+            // The array is in .data (writable: its strings are relocated in PIE builds); the
+            // other `lea` loads the "unknown wait reason" string from read-only data.
+            iced_x86::Mnemonic::Lea
+                if instruction.is_ip_rel_memory_operand()
+                    && binary.is_writable_data(instruction.ip_rel_memory_address()) =>
+            {
+                array = Some(instruction.ip_rel_memory_address());
+            }
+            _ => {}
+        }
+    }
+    Some((array?, count?))
+}
+
 #[cfg(test)]
 mod locate_tests {
     use memtrace_tests::fixtures::{go_program, Variant, GO_VERSIONS};
@@ -239,6 +321,35 @@ mod locate_tests {
             assert!(stripped.data_symbol("runtime.MemProfileRate").is_none());
             assert!(
                 locate_mem_profile_rate(&stripped).is_some(),
+                "{version} stripped"
+            );
+        }
+    }
+
+    #[test]
+    fn finds_the_goroutine_list_and_wait_reasons_without_symbols() {
+        for version in GO_VERSIONS {
+            for variant in [Variant::Default, Variant::Pie] {
+                let binary = GoBinary::open(&go_program("idle", version, variant)).unwrap();
+                let what = format!("{version} {}", variant.name());
+                let allgs = binary.data_symbol("runtime.allgs");
+                assert!(allgs.is_some(), "{what}");
+                let from_code = locate_allgs(&GoBinary::without_symbols(&binary));
+                assert_eq!(from_code, allgs, "{what}");
+                let (addr, size) = binary
+                    .data_symbol_with_size("runtime.waitReasonStrings")
+                    .unwrap();
+                assert!(size >= 30 * 16, "{what}: {size}");
+                assert_eq!(
+                    locate_wait_reason_strings(&GoBinary::without_symbols(&binary)),
+                    Some((addr, size / 16)),
+                    "{what}"
+                );
+            }
+            let stripped = GoBinary::open(&go_program("idle", version, Variant::Stripped)).unwrap();
+            assert!(locate_allgs(&stripped).is_some(), "{version} stripped");
+            assert!(
+                locate_wait_reason_strings(&stripped).is_some(),
                 "{version} stripped"
             );
         }
