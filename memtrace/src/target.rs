@@ -72,12 +72,22 @@ impl Target {
     fn new(pid: u32, exe: PathBuf, attach_path: PathBuf, exe_file: File) -> Result<Target> {
         let binary = open_go_binary(&exe, &exe_file)?;
         let version = binary.build_info().version;
-        let layout = layout_for(version).ok_or_else(|| Error::UnsupportedGo {
+        let table = layout_for(version).ok_or_else(|| Error::UnsupportedGo {
             path: exe.clone(),
             version: binary.build_info().go_version.clone(),
             oldest: OLDEST_SUPPORTED_MINOR,
             newest: newest_supported_minor(),
         })?;
+        // The binary's own DWARF, when it has some, wins over the table.
+        let (layout, corrected) = table.with_dwarf(&binary);
+        if !corrected.is_empty() {
+            log::info!(
+                "{}: struct offsets from DWARF differ from the Go {} table: {}",
+                exe.display(),
+                binary.build_info().go_version,
+                corrected.join(", ")
+            );
+        }
         Ok(Target {
             pid,
             exe,

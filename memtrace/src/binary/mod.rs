@@ -13,6 +13,7 @@
 
 mod buildinfo;
 mod disasm;
+mod dwarf;
 mod elf;
 mod layout;
 mod pclntab;
@@ -259,6 +260,18 @@ impl GoBinary {
             .symbol(name)
             .filter(|symbol| symbol.kind == object::elf::STT_OBJECT)
             .map(|symbol| symbol.addr)
+    }
+
+    /// Byte offsets of (struct, member) pairs from the binary's DWARF (only the `runtime`
+    /// compilation unit is read); empty without DWARF.
+    pub fn dwarf_member_offsets(
+        &self,
+        wanted: &[(&str, &str)],
+    ) -> std::collections::HashMap<(String, String), u64> {
+        if !self.has_dwarf() {
+            return std::collections::HashMap::new();
+        }
+        dwarf::member_offsets(&self.data, wanted)
     }
 
     /// Whether `vaddr` lies in a writable, non-executable loadable segment (Go's `.data`,

@@ -44,6 +44,60 @@ pub struct RuntimeLayout {
     pub profile_special_kind: u32,
 }
 
+/// The struct members of [`RuntimeLayout`] that DWARF can confirm or correct.
+const DWARF_MEMBERS: [(&str, &str); 11] = [
+    ("runtime.g", "m"),
+    ("runtime.g", "goid"),
+    ("runtime.g", "parentGoid"),
+    ("runtime.g", "gopc"),
+    ("runtime.g", "startpc"),
+    ("runtime.g", "atomicstatus"),
+    ("runtime.g", "waitreason"),
+    ("runtime.m", "p"),
+    ("runtime.p", "mcache"),
+    ("runtime.mcache", "tiny"),
+    ("runtime.special", "kind"),
+];
+
+impl RuntimeLayout {
+    fn member_mut(&mut self, member: (&str, &str)) -> Option<&mut u32> {
+        Some(match member {
+            ("runtime.g", "m") => &mut self.g_m,
+            ("runtime.g", "goid") => &mut self.g_goid,
+            ("runtime.g", "parentGoid") => &mut self.g_parent_goid,
+            ("runtime.g", "gopc") => &mut self.g_gopc,
+            ("runtime.g", "startpc") => &mut self.g_startpc,
+            ("runtime.g", "atomicstatus") => &mut self.g_atomicstatus,
+            ("runtime.g", "waitreason") => &mut self.g_waitreason,
+            ("runtime.m", "p") => &mut self.m_p,
+            ("runtime.p", "mcache") => &mut self.p_mcache,
+            ("runtime.mcache", "tiny") => &mut self.mcache_tiny,
+            ("runtime.special", "kind") => &mut self.special_kind,
+            _ => return None,
+        })
+    }
+
+    /// This layout with every offset the binary's DWARF declares put in, and the members whose
+    /// table value it corrected (`struct.member table -> dwarf`).
+    pub fn with_dwarf(mut self, binary: &crate::binary::GoBinary) -> (RuntimeLayout, Vec<String>) {
+        let offsets = binary.dwarf_member_offsets(&DWARF_MEMBERS);
+        let mut corrected = Vec::new();
+        for member in DWARF_MEMBERS {
+            let Some(&offset) = offsets.get(&(member.0.to_string(), member.1.to_string())) else {
+                continue;
+            };
+            let (Ok(offset), Some(field)) = (u32::try_from(offset), self.member_mut(member)) else {
+                continue;
+            };
+            if *field != offset {
+                corrected.push(format!("{}.{} {} -> {offset}", member.0, member.1, *field));
+                *field = offset;
+            }
+        }
+        (self, corrected)
+    }
+}
+
 #[derive(Deserialize)]
 struct LayoutFile {
     layouts: Vec<RuntimeLayout>,
@@ -324,6 +378,29 @@ mod locate_tests {
                 "{version} stripped"
             );
         }
+    }
+
+    /// The per-version table agrees with the DWARF of every test build, so stripped binaries
+    /// (which have no DWARF) get the same offsets.
+    #[test]
+    fn layout_table_matches_dwarf() {
+        for version in GO_VERSIONS {
+            let binary = GoBinary::open(&go_program("idle", version, Variant::Default)).unwrap();
+            let layout = layout_for(binary.build_info().version).unwrap();
+            let found = binary.dwarf_member_offsets(&DWARF_MEMBERS);
+            assert_eq!(found.len(), DWARF_MEMBERS.len(), "{version}: {found:?}");
+            let (_, corrected) = layout.with_dwarf(&binary);
+            assert!(corrected.is_empty(), "{version}: {corrected:?}");
+            let stripped = GoBinary::open(&go_program("idle", version, Variant::Stripped)).unwrap();
+            assert!(stripped.dwarf_member_offsets(&DWARF_MEMBERS).is_empty());
+        }
+        // A wrong table entry is corrected from DWARF.
+        let binary = GoBinary::open(&go_program("idle", "1.26.6", Variant::Default)).unwrap();
+        let mut wrong = layout_for(binary.build_info().version).unwrap();
+        wrong.g_gopc += 8;
+        let (fixed, corrected) = wrong.with_dwarf(&binary);
+        assert_eq!(fixed.g_gopc, 288);
+        assert_eq!(corrected, ["runtime.g.gopc 296 -> 288"]);
     }
 
     #[test]
