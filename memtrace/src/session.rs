@@ -268,12 +268,12 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
     if options.keep_deaths {
         analysis.keep_deaths();
     }
-    let mut goroutine_reader = options.goroutines.then(GoroutineScanner::default);
+    let mut goroutine_scanner = options.goroutines.then(GoroutineScanner::default);
     let loop_result = runtime.block_on(event_loop(
         &options,
         &mut tracer,
         &target,
-        goroutine_reader.as_mut(),
+        goroutine_scanner.as_mut(),
         ring,
         creation_stacks,
         watch,
@@ -485,7 +485,10 @@ impl GoroutineScanner {
             GoroutineReader::new(target.pid, &target.binary, target.layout, bias)
         });
         if analysis.goroutines.wait_reasons().is_empty() {
-            analysis.goroutines.set_wait_reasons(reader.wait_reasons());
+            // Until the loader has relocated them (PIE), the strings do not read: try again.
+            if let Some(names) = reader.wait_reasons() {
+                analysis.goroutines.set_wait_reasons(names);
+            }
         }
         let known: Vec<u64> = analysis.goroutines.known_gs().collect();
         match reader.scan(monotonic_ns(), known) {

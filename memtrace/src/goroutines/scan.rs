@@ -133,18 +133,16 @@ impl GoroutineReader {
         }
     }
 
-    /// The runtime's names of its wait reasons, indexed by `g.waitreason`; empty when they
-    /// could not be found.
-    pub fn wait_reasons(&self) -> Vec<String> {
-        let Some((addr, count)) = self.wait_reason_strings.filter(|&(_, n)| n <= 256) else {
-            return Vec::new();
-        };
+    /// The runtime's names of its wait reasons, indexed by `g.waitreason`; `None` when they
+    /// could not be found or a name did not read (before a PIE binary is relocated).
+    pub fn wait_reasons(&self) -> Option<Vec<String>> {
+        let (addr, count) = self.wait_reason_strings.filter(|&(_, n)| n <= 256)?;
         let mut headers = vec![0u8; count as usize * 16];
         if !matches!(
             read_ranges(self.pid, &[(addr, headers.len())], &mut headers).as_deref(),
             Ok([true])
         ) {
-            return Vec::new();
+            return None;
         }
         (0..count as usize)
             .map(|index| {
@@ -152,13 +150,17 @@ impl GoroutineReader {
                     u64_at(&headers, index * 16),
                     u64_at(&headers, index * 16 + 8),
                 );
-                if len == 0 || len > 256 {
-                    return String::new();
+                if len == 0 {
+                    // waitReasonZero.
+                    return Some(String::new());
+                }
+                if len > 256 {
+                    return None;
                 }
                 let mut text = vec![0u8; len as usize];
                 match read_ranges(self.pid, &[(ptr, text.len())], &mut text).as_deref() {
-                    Ok([true]) => String::from_utf8_lossy(&text).into_owned(),
-                    _ => format!("wait reason {index}"),
+                    Ok([true]) => Some(String::from_utf8_lossy(&text).into_owned()),
+                    _ => None,
                 }
             })
             .collect()
