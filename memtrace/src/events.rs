@@ -61,9 +61,9 @@ pub struct GoroutineCreateEvent {
     /// Where the kernel keeps the creator's stack (`GOROUTINE_STACKS`); `None` when it was not
     /// captured. The session fills `stack` from it.
     pub stack_id: Option<u32>,
-    /// The creator's stack (runtime addresses, innermost first); empty when not captured.
+    /// The creator's stack (runtime addresses, innermost first); `None` when not captured.
     /// Shared: every goroutine of a `go` statement has the same one.
-    pub stack: Arc<[u64]>,
+    pub stack: Option<Arc<[u64]>>,
 }
 
 /// One goroutine as a scan of the runtime's goroutine list found it.
@@ -219,7 +219,7 @@ impl Event {
                     start_pc: created.start_pc,
                     go_pc: created.go_pc,
                     stack_id: u32::try_from(created.stack_id).ok(),
-                    stack: Arc::from([]),
+                    stack: None,
                 }))
             }
             other => Err(DecodeError::UnknownTag(other)),

@@ -523,7 +523,7 @@ fn drain(
             Event::RuntimeReady { .. } => runtime_ready = true,
             Event::GoroutineCreate(created) => {
                 if let (Some(id), Some(stacks)) = (created.stack_id, stacks.as_mut()) {
-                    created.stack = stacks.get(id);
+                    created.stack = Some(stacks.get(id));
                 }
             }
             _ => {}

@@ -17,6 +17,9 @@ pub mod scan;
 
 use std::{collections::HashMap, sync::Arc};
 
+/// A fast hash for maps updated once per goroutine (hundreds of thousands a second).
+type FastMap<K, V> = foldhash::HashMap<K, V>;
+
 use crate::{
     analysis::{linear_fit, SiteKey},
     events::{GoroutineCreateEvent, GoroutineScan, GoroutineState},
@@ -147,11 +150,11 @@ struct GroupKey {
 /// Goroutine bookkeeping for one target.
 #[derive(Default)]
 pub struct Goroutines {
-    live: HashMap<u64, LiveGoroutine>,
+    live: FastMap<u64, LiveGoroutine>,
     origins: Vec<Origin>,
     origin_ids: HashMap<(SiteKey, String), u32>,
     /// (go_pc, start_pc) of the runtime addresses resolved so far.
-    origin_by_pcs: HashMap<(u64, u64), u32>,
+    origin_by_pcs: FastMap<(u64, u64), u32>,
     /// Interned state labels.
     states: Vec<String>,
     state_ids: HashMap<String, u32>,
@@ -300,10 +303,14 @@ impl Goroutines {
         load_bias: u64,
     ) {
         let origin = self.origin_of(event.go_pc, event.start_pc, symbolizer, load_bias);
-        if self.origins[origin as usize].stack.is_empty() && !event.stack.is_empty() {
+        if let Some(stack) = event
+            .stack
+            .as_deref()
+            .filter(|_| self.origins[origin as usize].stack.is_empty())
+        {
             // The stack runs from the probe in the runtime (newproc's closure on the system
             // stack) out to the `go` statement and its callers: keep the part from there.
-            let frames = symbolizer.stack(&event.stack, load_bias);
+            let frames = symbolizer.stack(stack, load_bias);
             let from_go_statement: Vec<Frame> =
                 frames.into_iter().skip_while(Frame::is_runtime).collect();
             self.origins[origin as usize].stack = from_go_statement.into();
@@ -386,7 +393,7 @@ impl Goroutines {
         self.last_scan_ns = Some(scan.ts_ns);
         self.scans += 1;
         self.complete_scans = scan.complete;
-        let by_g: HashMap<u64, &GoroutineState> = scan
+        let by_g: FastMap<u64, &GoroutineState> = scan
             .goroutines
             .iter()
             .map(|state| (state.g, state))
@@ -661,7 +668,7 @@ mod tests {
             start_pc,
             go_pc,
             stack_id: None,
-            stack: Arc::from([]),
+            stack: None,
         }
     }
 
