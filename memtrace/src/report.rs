@@ -67,8 +67,9 @@ pub struct GoroutineCounts {
     /// Creations the probe counted, runtime goroutines included (exact, even when records
     /// were dropped).
     pub probe_creations: u64,
-    /// Scans of the target's goroutines, and whether they read the runtime's whole list (a
-    /// binary without symbols only shows goroutines created after attach).
+    /// Scans of the target's goroutines, and whether they read the runtime's whole list
+    /// (`runtime.allgs`); when it could not be found or read, only goroutines created after
+    /// attach are seen.
     pub scans: u64,
     pub scan_failures: u64,
     pub complete_scans: bool,
@@ -771,7 +772,7 @@ pub fn goroutine_line(counts: &GoroutineCounts) -> String {
         if counts.complete_scans || counts.scans == 0 {
             ""
         } else {
-            " (no symbols: goroutines from before attach are not seen)"
+            " (runtime.allgs not read: goroutines from before attach are not seen)"
         }
     )
 }
