@@ -791,7 +791,12 @@ pub fn goroutine_table<'a>(groups: impl Iterator<Item = &'a GoroutineGroupReport
             "{:>7} {:>8} {:>9.1} {:>10}  {:<22} {:<28} {} {}{}",
             group.count,
             group.blocked,
-            group.growth_per_s,
+            // No "-0.0" for a flat group.
+            if group.growth_per_s.abs() < 0.05 {
+                0.0
+            } else {
+                group.growth_per_s
+            },
             match (group.oldest_age_s, group.unknown_age) {
                 (_, n) if n > 0 => "unknown".into(),
                 (Some(age), _) => format!("{age:.0}s"),
