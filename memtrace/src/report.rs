@@ -718,7 +718,7 @@ impl Report {
                         leak.start_function,
                         leak.wait_reason,
                         leak.growth_per_s,
-                        age_text(leak.oldest_age_s, leak.unknown_age),
+                        oldest_text(leak),
                         leak.function,
                         location(&leak.file, leak.line),
                     );
@@ -749,10 +749,10 @@ fn write_stack(out: &mut String, stack: &[Frame]) {
     }
 }
 
-/// "12s", or "unknown (before attach)" when members predate memtrace.
-fn age_text(oldest_age_s: Option<f64>, unknown_age: u64) -> String {
-    match (oldest_age_s, unknown_age) {
-        (_, n) if n > 0 => "unknown (before attach)".into(),
+/// Age of a group's oldest member: "12s", or "unknown" when members predate memtrace.
+fn oldest_text(group: &GoroutineGroupReport) -> String {
+    match (group.oldest_age_s, group.unknown_age) {
+        (_, n) if n > 0 => "unknown".into(),
         (Some(age), _) => format!("{age:.0}s"),
         (None, _) => "-".into(),
     }
@@ -797,11 +797,7 @@ pub fn goroutine_table<'a>(groups: impl Iterator<Item = &'a GoroutineGroupReport
             } else {
                 group.growth_per_s
             },
-            match (group.oldest_age_s, group.unknown_age) {
-                (_, n) if n > 0 => "unknown".into(),
-                (Some(age), _) => format!("{age:.0}s"),
-                (None, _) => "-".into(),
-            },
+            oldest_text(group),
             group.wait_reason,
             group.start_function,
             group.function,

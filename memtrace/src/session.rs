@@ -567,14 +567,14 @@ fn attach_probes(
 ) -> Result<()> {
     let (path, pid) = (target.attach_path.as_path(), target.pid);
     let all: Vec<&ProbeSite> = plan.alloc.iter().collect();
+    let missing = |what: &str| Error::MissingRuntimeFunction {
+        path: target.exe.clone(),
+        function: what.into(),
+    };
     match mode {
         Mode::AllAllocs { .. } => tracer.attach(Program::AllocEntry, &all, path, pid)?,
         Mode::ProbeFloor => tracer.attach(Program::AllocFloor, &all, path, pid)?,
         Mode::Sampled { .. } => {
-            let missing = |what: &str| Error::MissingRuntimeFunction {
-                path: target.exe.clone(),
-                function: what.into(),
-            };
             let alloc = plan
                 .object_alloc
                 .as_ref()
@@ -598,10 +598,6 @@ fn attach_probes(
         tracer.attach(Program::GcCycle, &[gc], path, pid)?;
     }
     if goroutines {
-        let missing = |what: &str| Error::MissingRuntimeFunction {
-            path: target.exe.clone(),
-            function: what.into(),
-        };
         let create = plan
             .goroutine_create
             .as_ref()

@@ -11,8 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{program_value, start_ready, temp_json, trace_launch, u64_at, Running};
-use memtrace_tests::fixtures::{go_program, memtrace_bin, site_line, Variant};
+use common::{
+    finish_traced, program_patterns, program_value, start_ready, temp_json, trace_launch,
+    trace_pid, u64_at, Running,
+};
+use memtrace_tests::fixtures::{go_program, site_line, Variant};
 use serde_json::Value;
 
 /// The group of `report[list]` whose `go` statement is on `line` of tests/go/`program`.
@@ -169,33 +172,6 @@ impl Drop for Captured {
     }
 }
 
-fn trace_pid(pid: u32, duration: &str, name: &str) -> (Child, PathBuf) {
-    let json = temp_json(name);
-    let _ = std::fs::remove_file(&json);
-    let child = Command::new(memtrace_bin())
-        .args(["--no-live", "--duration", duration, "--json"])
-        .arg(&json)
-        .args(["--pid", &pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    (child, json)
-}
-
-fn finish(child: Child, json: &Path, what: &str) -> Value {
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{what}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(json);
-    report
-}
-
 /// Attach mode: the 50 goroutines parked before memtrace attached are found in the runtime's
 /// goroutine list, with unknown age; the count still matches `runtime.NumGoroutine()`. Stripped
 /// and PIE builds too: the list and the wait-reason names are then found from the code.
@@ -210,7 +186,7 @@ fn before_attach_variant(version: &str, variant: Variant) {
     let name = format!("gocount-{version}-{}", variant.name());
     let target = Captured::start(&program, &["-churn", "2s", "-duration", "0"], &name);
     let (tracer, json) = trace_pid(target.running.pid, "5s", &name);
-    let report = finish(tracer, &json, &name);
+    let report = finish_traced(tracer, &json, &name);
     let steady = target.wait_for("STEADY", Duration::from_secs(1));
     let counts = &report["goroutines"];
     eprintln!("{name}: STEADY {steady}, memtrace {counts}");
@@ -251,26 +227,12 @@ fn before_attach_variant(version: &str, variant: Variant) {
     assert_eq!(late[0]["stack"][0]["function"], "main.main");
 }
 
-/// The patterns of tests/go/goleaks and whether each leaks.
-fn patterns(binary: &Path) -> Vec<(String, bool)> {
-    let output = Command::new(binary).arg("-list").output().unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            (words.next()? == "PATTERN").then_some(())?;
-            let name = words.next()?.to_owned();
-            Some((name, words.next()? == "leak"))
-        })
-        .collect()
-}
-
 /// Every goroutine leak of the corpus is among the top three goroutine leaks within 15 seconds
 /// of attaching; the controls report none. All patterns run at once, each traced by its own
 /// memtrace.
 fn leak_corpus(version: &str) {
     let binary = go_program("goleaks", version, Variant::Default);
-    let patterns = patterns(&binary);
+    let patterns = program_patterns(&binary);
     assert!(patterns.iter().filter(|(_, leaks)| *leaks).count() >= 5);
     assert!(patterns.iter().filter(|(_, leaks)| !*leaks).count() >= 2);
     let programs: Vec<Running> = patterns
@@ -286,7 +248,7 @@ fn leak_corpus(version: &str) {
         .collect();
     let mut failures = Vec::new();
     for ((tracer, json), (name, leaks)) in tracers.into_iter().zip(&patterns) {
-        let report = finish(tracer, &json, &format!("{version} {name}"));
+        let report = finish_traced(tracer, &json, &format!("{version} {name}"));
         let found = summary(&report["goroutine_leaks"]);
         eprintln!("Go {version} {name}: goroutine leaks {found:?}");
         let leak_list = report["goroutine_leaks"].as_array().unwrap();

@@ -4,29 +4,14 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
-use common::{start_ready, temp_json, Running};
-use memtrace_tests::fixtures::{go_program, memtrace_bin, site_line, Variant};
-use serde_json::Value;
-
-/// The patterns and whether each leaks, as the program lists them.
-fn patterns(binary: &std::path::Path) -> Vec<(String, bool)> {
-    let output = Command::new(binary).arg("-list").output().unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            (words.next()? == "PATTERN").then_some(())?;
-            let name = words.next()?.to_owned();
-            Some((name, words.next()? == "leak"))
-        })
-        .collect()
-}
+use common::{finish_traced, program_patterns, start_ready, trace_pid, Running};
+use memtrace_tests::fixtures::{go_program, site_line, Variant};
 
 fn check_version(version: &str) {
     let binary = go_program("leaks", version, Variant::Default);
-    let patterns = patterns(&binary);
+    let patterns = program_patterns(&binary);
     assert!(
         patterns.iter().filter(|(_, leaks)| *leaks).count() >= 6,
         "{patterns:?}"
@@ -44,29 +29,12 @@ fn check_version(version: &str) {
         .iter()
         .zip(&patterns)
         .map(|(program, (name, _))| {
-            let json = temp_json(&format!("leaks-{version}-{name}"));
-            let child = Command::new(memtrace_bin())
-                .args(["--no-live", "--duration", "20s", "--json"])
-                .arg(&json)
-                .args(["--pid", &program.pid.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            (child, json)
+            trace_pid(program.pid, "20s", &format!("leaks-{version}-{name}"))
         })
         .collect();
     let mut failures = Vec::new();
     for ((tracer, json), (name, leaks)) in tracers.into_iter().zip(&patterns) {
-        let output = tracer.wait_with_output().unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{version} {name}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-        let _ = std::fs::remove_file(&json);
+        let report = finish_traced(tracer, &json, &format!("{version} {name}"));
         assert_eq!(report["mode"], "sampled");
         assert_eq!(
             report["mem_profile_rate"]["restored"], true,

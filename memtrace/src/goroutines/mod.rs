@@ -43,7 +43,10 @@ pub mod status {
 
     /// Whether a `g` with this status is a goroutine (not a free `g`).
     pub fn is_alive(status: u32) -> bool {
-        !matches!(status, IDLE | DEAD | DEAD_EXTRA) && status <= DEAD_EXTRA
+        matches!(
+            status,
+            RUNNABLE | RUNNING | SYSCALL | WAITING | COPYSTACK | PREEMPTED | LEAKED
+        )
     }
 
     /// Whether it is parked, waiting for something.
@@ -141,10 +144,53 @@ pub struct GoroutineGroup {
     pub score: f64,
 }
 
+/// What a group's members are doing: their status, with the wait reason when blocked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct State {
+    status: u32,
+    wait_reason: u8,
+}
+
+impl State {
+    fn of(status: u32, wait_reason: u8) -> State {
+        match status {
+            status::RUNNING | status::COPYSTACK => State {
+                status: status::RUNNING,
+                wait_reason: 0,
+            },
+            // The runtime's leak detector parks leaked goroutines as `_Gleaked`; they are
+            // still waiting for the same thing.
+            status::WAITING | status::LEAKED => State {
+                status: status::WAITING,
+                wait_reason,
+            },
+            _ => State {
+                status,
+                wait_reason: 0,
+            },
+        }
+    }
+
+    /// "chan send", "select", ... when waiting; else the status.
+    fn label(self, wait_reasons: &[String]) -> String {
+        match self.status {
+            status::RUNNABLE => "runnable".into(),
+            status::RUNNING => "running".into(),
+            status::SYSCALL => "syscall".into(),
+            status::PREEMPTED => "preempted".into(),
+            _ => match wait_reasons.get(usize::from(self.wait_reason)) {
+                Some(name) if !name.is_empty() => name.clone(),
+                Some(_) if self.wait_reason == 0 => "waiting".into(),
+                _ => format!("wait reason {}", self.wait_reason),
+            },
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct GroupKey {
     origin: u32,
-    state: u32,
+    state: State,
 }
 
 /// Goroutine bookkeeping for one target.
@@ -155,22 +201,16 @@ pub struct Goroutines {
     origin_ids: HashMap<(SiteKey, String), u32>,
     /// (go_pc, start_pc) of the runtime addresses resolved so far.
     origin_by_pcs: FastMap<(u64, u64), u32>,
-    /// Interned state labels.
-    states: Vec<String>,
-    state_ids: HashMap<String, u32>,
     /// The runtime's wait-reason names, by `g.waitreason`.
     wait_reasons: Vec<String>,
     /// Group sizes at each scan: (seconds since the first scan, members).
     series: HashMap<GroupKey, Vec<(f64, u32)>>,
     groups: Vec<GoroutineGroup>,
     first_scan_ns: Option<u64>,
-    pub last_scan_ns: Option<u64>,
-    /// Goroutines created while attached (user ones; system ones counted apart), and those of
-    /// them and of the goroutines from before attach that scans found gone.
+    /// User goroutines created while attached, and user goroutines the scans found gone (of
+    /// those and of the ones from before attach).
     pub created: u64,
-    pub created_system: u64,
     pub exited: u64,
-    pub exited_system: u64,
     /// User goroutines the first scan found that memtrace did not see created.
     pub before_attach: u64,
     /// Goroutines later scans found whose creation record never arrived.
@@ -316,9 +356,7 @@ impl Goroutines {
             self.origins[origin as usize].stack = from_go_statement.into();
         }
         let system = self.origins[origin as usize].system;
-        if system {
-            self.created_system += 1;
-        } else {
+        if !system {
             self.created += 1;
         }
         let previous = self.live.insert(
@@ -349,40 +387,12 @@ impl Goroutines {
         }
     }
 
-    fn state_id(&mut self, label: &str) -> u32 {
-        if let Some(&id) = self.state_ids.get(label) {
-            return id;
-        }
-        let id = self.states.len() as u32;
-        self.states.push(label.to_string());
-        self.state_ids.insert(label.to_string(), id);
-        id
-    }
-
-    fn state_label(&self, status: u32, wait_reason: u8) -> String {
-        match status {
-            status::RUNNABLE => "runnable".into(),
-            status::RUNNING | status::COPYSTACK => "running".into(),
-            status::SYSCALL => "syscall".into(),
-            status::PREEMPTED => "preempted".into(),
-            _ => match self.wait_reasons.get(wait_reason as usize) {
-                Some(name) if !name.is_empty() => name.clone(),
-                Some(_) if wait_reason == 0 => "waiting".into(),
-                _ => format!("wait reason {wait_reason}"),
-            },
-        }
-    }
-
     /// The target exited: every goroutine ended with it. The groups of the last scan stay, as
     /// the last word on what was alive.
     pub fn target_exited(&mut self) {
-        for gone in std::mem::take(&mut self.live).into_values() {
-            if self.origins[gone.origin as usize].system {
-                self.exited_system += 1;
-            } else {
-                self.exited += 1;
-            }
-        }
+        let gone = self.live_user() as u64;
+        self.exited += gone;
+        self.live.clear();
     }
 
     /// Applies a scan: states and wait reasons, exits, goroutines memtrace did not see created;
@@ -390,7 +400,6 @@ impl Goroutines {
     pub fn scan(&mut self, scan: &GoroutineScan, symbolizer: &mut Symbolizer, load_bias: u64) {
         let first = self.first_scan_ns.is_none();
         self.first_scan_ns.get_or_insert(scan.ts_ns);
-        self.last_scan_ns = Some(scan.ts_ns);
         self.scans += 1;
         self.complete_scans = scan.complete;
         let by_g: FastMap<u64, &GoroutineState> = scan
@@ -411,9 +420,7 @@ impl Goroutines {
             .collect();
         for goid in gone {
             if let Some(gone) = self.live.remove(&goid) {
-                if self.origins[gone.origin as usize].system {
-                    self.exited_system += 1;
-                } else {
+                if !self.origins[gone.origin as usize].system {
                     self.exited += 1;
                 }
             }
@@ -456,12 +463,7 @@ impl Goroutines {
         let min_age_ns = (leak_rule::MIN_AGE_S * 1e9) as u64;
         // Members per group: (goid, created_ns, blocked).
         let mut members: HashMap<GroupKey, Vec<(u64, Option<u64>, bool)>> = HashMap::new();
-        let snapshot: Vec<(u64, LiveGoroutine)> = self
-            .live
-            .iter()
-            .map(|(&goid, &live)| (goid, live))
-            .collect();
-        for (goid, live) in snapshot {
+        for (&goid, live) in &self.live {
             let Some(status) = live.status else { continue };
             if self.origins[live.origin as usize].system {
                 continue;
@@ -472,10 +474,9 @@ impl Goroutines {
             {
                 continue;
             }
-            let label = self.state_label(status, live.wait_reason);
             let key = GroupKey {
                 origin: live.origin,
-                state: self.state_id(&label),
+                state: State::of(status, live.wait_reason),
             };
             members.entry(key).or_default().push((
                 goid,
@@ -517,7 +518,7 @@ impl Goroutines {
             .unwrap_or((0.0, 0.0));
             let mut group = GoroutineGroup {
                 origin: key.origin,
-                state: self.states[key.state as usize].clone(),
+                state: key.state.label(&self.wait_reasons),
                 count: list.len() as u32,
                 blocked: list.iter().filter(|m| m.2).count() as u32,
                 unknown_age: list.iter().filter(|m| m.1.is_none()).count() as u32,
@@ -702,7 +703,8 @@ mod tests {
         g.create(&created(20, 0x2000, p.late, 0.1), &mut p.symbolizer, 0);
         g.create(&created(21, 0x2100, p.late, 0.2), &mut p.symbolizer, 0);
         g.create(&created(30, 0x3000, p.runtime, 0.3), &mut p.symbolizer, 0);
-        assert_eq!((g.created, g.created_system), (2, 1));
+        assert_eq!(g.created, 2, "the runtime goroutine is not counted");
+        assert_eq!((g.live_user(), g.live_system()), (2, 1));
         g.scan(
             &scan(
                 2.0,

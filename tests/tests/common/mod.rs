@@ -4,7 +4,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::{Mutex, MutexGuard},
 };
 
@@ -77,6 +77,56 @@ pub fn trace_launch(
         .map(|bytes| serde_json::from_slice(&bytes).expect("the JSON report parses"));
     let _ = std::fs::remove_file(&json);
     Traced { output, report }
+}
+
+/// Starts `memtrace --no-live --duration D --json F --pid PID` in the background; returns it
+/// and F.
+pub fn trace_pid(pid: u32, duration: &str, name: &str) -> (Child, PathBuf) {
+    let json = temp_json(name);
+    let _ = std::fs::remove_file(&json);
+    let child = Command::new(memtrace_bin())
+        .args(["--no-live", "--duration", duration, "--json"])
+        .arg(&json)
+        .args(["--pid", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("memtrace runs");
+    (child, json)
+}
+
+/// Waits for a [`trace_pid`] memtrace, asserts it succeeded, and reads (then removes) its
+/// report.
+pub fn finish_traced(child: Child, json: &Path, what: &str) -> Value {
+    let output = child.wait_with_output().expect("memtrace runs");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{what}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = serde_json::from_slice(&std::fs::read(json).expect("a JSON report"))
+        .expect("the JSON report parses");
+    let _ = std::fs::remove_file(json);
+    report
+}
+
+/// The workloads a corpus program (`leaks`, `goleaks`) lists with `-list`, and whether each
+/// is a leak (else a control).
+pub fn program_patterns(binary: &Path) -> Vec<(String, bool)> {
+    let output = Command::new(binary)
+        .arg("-list")
+        .output()
+        .expect("the program runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next()? == "PATTERN").then_some(())?;
+            let name = words.next()?.to_owned();
+            Some((name, words.next()? == "leak"))
+        })
+        .collect()
 }
 
 /// `KEY value` lines printed by the Go test programs.
