@@ -38,9 +38,7 @@ pub struct Site {
     pub window_bytes: f64,
     /// The heaviest stack seen for this site.
     pub stack: Arc<[Frame]>,
-    stack_id: usize,
-    /// Estimated objects per stack id.
-    stack_weights: HashMap<usize, f64>,
+    stack_id: u32,
     /// Sampled objects still alive, and the estimates they stand for.
     pub live_samples: u64,
     pub live_objects: f64,
@@ -58,7 +56,8 @@ pub struct Site {
 /// A sampled object that has not died yet. Kept small: memtrace may track millions.
 #[derive(Clone, Copy, Debug)]
 struct LiveObject {
-    site: u32,
+    /// Index into `Analysis::stack_stats`.
+    stack: u32,
     /// The GC epoch it was allocated in (see `Analysis::cycle`).
     cycle: u32,
     /// Slot size, saturated at 4 GiB.
@@ -68,11 +67,17 @@ struct LiveObject {
 }
 const _: () = assert!(size_of::<LiveObject>() == 16);
 
-/// A symbolized stack and the site it belongs to.
-struct StackInfo {
-    id: usize,
-    site: u32,
-    frames: Arc<[Frame]>,
+/// What the samples say about one distinct stack (a site can be reached by several).
+pub struct StackStats {
+    pub site: u32,
+    /// Symbolized, innermost first.
+    pub frames: Arc<[Frame]>,
+    pub samples: u64,
+    /// Unbiased estimates, as for [`Site`].
+    pub objects: f64,
+    pub bytes: f64,
+    pub live_objects: f64,
+    pub live_bytes: f64,
 }
 
 /// Live-object facts of one site, gathered over the live set.
@@ -140,7 +145,9 @@ impl Sampling {
 pub struct Analysis {
     symbolizer: Symbolizer,
     sampling: Sampling,
-    stacks: HashMap<Vec<u64>, StackInfo>,
+    /// Stack ids by captured stack.
+    stacks: HashMap<Vec<u64>, u32>,
+    stack_stats: Vec<StackStats>,
     site_ids: HashMap<SiteKey, u32>,
     sites: Vec<Site>,
     live: HashMap<u64, LiveObject>,
@@ -216,6 +223,7 @@ impl Analysis {
             symbolizer,
             sampling,
             stacks: HashMap::new(),
+            stack_stats: Vec::new(),
             site_ids: HashMap::new(),
             sites: Vec::new(),
             live: HashMap::new(),
@@ -298,9 +306,9 @@ impl Analysis {
     }
 
     /// Symbolizes a stack (once) and returns its site.
-    fn site_of(&mut self, stack: &[u64], load_bias: u64) -> (u32, usize, Arc<[Frame]>) {
-        if let Some(info) = self.stacks.get(stack) {
-            return (info.site, info.id, info.frames.clone());
+    fn site_of(&mut self, stack: &[u64], load_bias: u64) -> (u32, u32) {
+        if let Some(&id) = self.stacks.get(stack) {
+            return (self.stack_stats[id as usize].site, id);
         }
         let frames: Arc<[Frame]> = self.symbolizer.stack(stack, load_bias).into();
         let key = match frames.iter().find(|f| !f.is_runtime()) {
@@ -334,8 +342,7 @@ impl Analysis {
                     window_objects: 0.0,
                     window_bytes: 0.0,
                     stack: frames.clone(),
-                    stack_id: self.stacks.len(),
-                    stack_weights: HashMap::new(),
+                    stack_id: self.stack_stats.len() as u32,
                     live_samples: 0,
                     live_objects: 0.0,
                     live_bytes: 0.0,
@@ -348,25 +355,27 @@ impl Analysis {
                 id
             }
         };
-        let id = self.stacks.len();
-        self.stacks.insert(
-            stack.to_vec(),
-            StackInfo {
-                id,
-                site,
-                frames: frames.clone(),
-            },
-        );
-        (site, id, frames)
+        let id = self.stack_stats.len() as u32;
+        self.stacks.insert(stack.to_vec(), id);
+        self.stack_stats.push(StackStats {
+            site,
+            frames,
+            samples: 0,
+            objects: 0.0,
+            bytes: 0.0,
+            live_objects: 0.0,
+            live_bytes: 0.0,
+        });
+        (site, id)
     }
 
-    /// Accounts one sample to its site; returns the site and the sample's weight.
-    fn sample(&mut self, alloc: &AllocEvent, load_bias: u64) -> (u32, f64) {
+    /// Accounts one sample to its site and stack; returns both and the sample's weight.
+    fn sample(&mut self, alloc: &AllocEvent, load_bias: u64) -> (u32, u32, f64) {
         self.samples_received += 1;
         if alloc.stack.is_empty() {
             self.samples_without_stack += 1;
         }
-        let (site_id, stack_id, frames) = self.site_of(&alloc.stack, load_bias);
+        let (site_id, stack_id) = self.site_of(&alloc.stack, load_bias);
         // memtrace's own sampler counts requested bytes; the runtime's counts slot bytes.
         let sampled_size = match self.sampling {
             Sampling::AllAllocs { .. } => alloc.size,
@@ -381,28 +390,22 @@ impl Analysis {
         site.window_objects += weight;
         site.window_bytes += weight * alloc.slot_size as f64;
         let _ = site.sizes.record(alloc.size.max(1));
-        let stack_weight = {
-            let w = site.stack_weights.entry(stack_id).or_insert(0.0);
-            *w += weight;
-            *w
-        };
+        let stack = &mut self.stack_stats[stack_id as usize];
+        stack.samples += 1;
+        stack.objects += weight;
+        stack.bytes += weight * alloc.slot_size as f64;
         if stack_id != site.stack_id
-            && stack_weight
-                > site
-                    .stack_weights
-                    .get(&site.stack_id)
-                    .copied()
-                    .unwrap_or(0.0)
+            && stack.objects > self.stack_stats[site.stack_id as usize].objects
         {
             site.stack_id = stack_id;
-            site.stack = frames;
+            site.stack = self.stack_stats[stack_id as usize].frames.clone();
         }
-        (site_id, weight)
+        (site_id, stack_id, weight)
     }
 
     fn object_alloc(&mut self, alloc: &AllocEvent, load_bias: u64) {
         self.first_object_ns.get_or_insert(alloc.ts_ns);
-        let (site_id, weight) = self.sample(alloc, load_bias);
+        let (site_id, stack_id, weight) = self.sample(alloc, load_bias);
         if alloc.header_word != 0 && self.sites[site_id as usize].type_name.is_none() {
             // Pointerful objects over 512 bytes (Go 1.22+) start with a header naming their
             // type; for other objects the word is something else and names no type.
@@ -422,8 +425,11 @@ impl Analysis {
         site.live_samples += 1;
         site.live_objects += weight;
         site.live_bytes += weight * alloc.slot_size as f64;
+        let stack = &mut self.stack_stats[stack_id as usize];
+        stack.live_objects += weight;
+        stack.live_bytes += weight * alloc.slot_size as f64;
         let object = LiveObject {
-            site: site_id,
+            stack: stack_id,
             cycle: self.cycle as u32,
             size: alloc.slot_size.min(u32::MAX as u64) as u32,
             at_ms: (self.seconds(alloc.ts_ns) * 1000.0) as u32,
@@ -438,7 +444,10 @@ impl Analysis {
     /// Removes a live object from its site's live estimates; returns its weight.
     fn forget(&mut self, object: LiveObject) {
         let weight = 1.0 / sample_probability(object.size as u64, self.sample_interval_bytes());
-        let site = &mut self.sites[object.site as usize];
+        let stack = &mut self.stack_stats[object.stack as usize];
+        stack.live_objects = (stack.live_objects - weight).max(0.0);
+        stack.live_bytes = (stack.live_bytes - weight * object.size as f64).max(0.0);
+        let site = &mut self.sites[stack.site as usize];
         site.live_samples = site.live_samples.saturating_sub(1);
         site.live_objects = (site.live_objects - weight).max(0.0);
         site.live_bytes = (site.live_bytes - weight * object.size as f64).max(0.0);
@@ -453,13 +462,14 @@ impl Analysis {
         let lifetime_ms =
             ((self.seconds(free.ts_ns) * 1000.0) as u64).saturating_sub(object.at_ms as u64);
         let survived = self.cycle.saturating_sub(object.cycle as u64 + 1);
-        let site = &mut self.sites[object.site as usize];
+        let site_id = self.stack_stats[object.stack as usize].site;
+        let site = &mut self.sites[site_id as usize];
         let _ = site.lifetimes_ms.record(lifetime_ms);
         site.max_cycles_survived_dead = site.max_cycles_survived_dead.max(survived);
         if let Some(deaths) = &mut self.deaths {
             deaths.push(Death {
                 ptr: free.ptr,
-                site: object.site,
+                site: site_id,
                 size: object.size as u64,
                 alloc_cycle: object.cycle as u64,
                 death_cycle: self.cycle,
@@ -493,7 +503,8 @@ impl Analysis {
         let now_ms = self.seconds(self.last_ns) * 1000.0;
         let mut summaries = vec![LiveSummary::default(); self.sites.len()];
         for object in self.live.values() {
-            let summary = &mut summaries[object.site as usize];
+            let site = self.stack_stats[object.stack as usize].site;
+            let summary = &mut summaries[site as usize];
             if (object.at_ms as f64) < now_ms / 2.0 {
                 summary.first_half += 1;
             } else {
@@ -560,6 +571,11 @@ impl Analysis {
 
     pub fn sites(&self) -> &[Site] {
         &self.sites
+    }
+
+    /// Every distinct stack sampled, with its estimates (for profiles and flame graphs).
+    pub fn stacks(&self) -> &[StackStats] {
+        &self.stack_stats
     }
 
     /// Site ids ordered by estimated bytes allocated, largest first.

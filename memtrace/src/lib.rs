@@ -9,6 +9,7 @@ pub mod binary;
 pub mod bpf;
 pub mod error;
 pub mod events;
+pub mod export;
 pub mod goroutines;
 pub mod memrate;
 pub mod probes;

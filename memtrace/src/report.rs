@@ -296,6 +296,51 @@ pub struct Lifetimes {
     pub p99: u64,
     pub max: u64,
     pub count: u64,
+    /// The distribution, in power-of-two buckets of milliseconds (empty buckets left out).
+    #[serde(default)]
+    pub buckets: Vec<LifetimeBucket>,
+}
+
+/// Deaths whose lifetime was at most `le_ms` (and more than the previous bucket's bound).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifetimeBucket {
+    pub le_ms: u64,
+    pub count: u64,
+}
+
+impl Lifetimes {
+    pub fn of(lifetimes_ms: &hdrhistogram::Histogram<u64>) -> Lifetimes {
+        // Bounds 0, 1, 2, 4, ... ms; the histogram keeps 3 significant digits, so a bucket
+        // boundary is off by at most 0.1%.
+        let mut buckets = Vec::new();
+        if !lifetimes_ms.is_empty() {
+            let mut low = 0u64;
+            let mut high = 0u64;
+            loop {
+                let count = if high == 0 {
+                    lifetimes_ms.count_between(0, 0)
+                } else {
+                    lifetimes_ms.count_between(low + 1, high)
+                };
+                if count > 0 {
+                    buckets.push(LifetimeBucket { le_ms: high, count });
+                }
+                if high >= lifetimes_ms.max() {
+                    break;
+                }
+                low = high;
+                high = if high == 0 { 1 } else { high.saturating_mul(2) };
+            }
+        }
+        Lifetimes {
+            p50: lifetimes_ms.value_at_quantile(0.5),
+            p90: lifetimes_ms.value_at_quantile(0.9),
+            p99: lifetimes_ms.value_at_quantile(0.99),
+            max: lifetimes_ms.max(),
+            count: lifetimes_ms.len(),
+            buckets,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -386,13 +431,7 @@ impl Report {
                     live_objects: sampled.then(|| site.live_objects.round() as u64),
                     live_bytes: sampled.then(|| site.live_bytes.round() as u64),
                     type_name: sampled.then(|| site.type_name.clone()),
-                    lifetime_ms: sampled.then(|| Lifetimes {
-                        p50: site.lifetimes_ms.value_at_quantile(0.5),
-                        p90: site.lifetimes_ms.value_at_quantile(0.9),
-                        p99: site.lifetimes_ms.value_at_quantile(0.99),
-                        max: site.lifetimes_ms.max(),
-                        count: site.lifetimes_ms.len(),
-                    }),
+                    lifetime_ms: sampled.then(|| Lifetimes::of(&site.lifetimes_ms)),
                     max_gc_cycles_survived: sampled
                         .then(|| live.max_cycles_survived.max(site.max_cycles_survived_dead)),
                     oldest_age_s: sampled.then_some(live.oldest_age_s),
@@ -926,6 +965,28 @@ mod tests {
         stats.tiny_blocks = 2;
         stats.large_bytes = 8192 * 5;
         assert_eq!(slot_bytes(&stats), 24 + 32768 + 32 + 40960);
+    }
+
+    #[test]
+    fn lifetime_buckets_cover_every_death() {
+        let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        for ms in [0, 1, 3, 3, 700, 5000] {
+            histogram.record(ms).unwrap();
+        }
+        let lifetimes = Lifetimes::of(&histogram);
+        let bounds: Vec<(u64, u64)> = lifetimes
+            .buckets
+            .iter()
+            .map(|b| (b.le_ms, b.count))
+            .collect();
+        assert_eq!(bounds, vec![(0, 1), (1, 1), (4, 2), (1024, 1), (8192, 1)]);
+        assert_eq!(
+            lifetimes.buckets.iter().map(|b| b.count).sum::<u64>(),
+            lifetimes.count
+        );
+        assert!(Lifetimes::of(&hdrhistogram::Histogram::new(3).unwrap())
+            .buckets
+            .is_empty());
     }
 
     #[test]

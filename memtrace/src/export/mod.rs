@@ -1,0 +1,107 @@
+//! Exports of a finished analysis, in formats other tools read: pprof's profile.proto, folded
+//! stacks, flame graphs and a self-contained HTML page. Live sessions and recorded traces
+//! export through the same code.
+
+use std::sync::Arc;
+
+use crate::{analysis::Analysis, report::Report, symbolize::Frame};
+
+/// What one distinct stack allocated: the unit of profiles and flame graphs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StackProfile {
+    /// Innermost first; a frame with `inlined` set was inlined into the next one.
+    pub frames: Arc<[Frame]>,
+    /// Unbiased estimates of everything allocated from this stack.
+    pub alloc_objects: u64,
+    pub alloc_bytes: u64,
+    /// Sampled mode: estimated objects and bytes still live at the end (pprof's in-use).
+    pub inuse_objects: u64,
+    pub inuse_bytes: u64,
+    /// Facts of the stack's allocation site (the innermost frame outside the runtime).
+    pub site: SiteFacts,
+}
+
+/// Lifetime and age facts of an allocation site, carried into profiles as labels.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SiteFacts {
+    /// Lifetimes of the site's sampled objects that died (none in all-allocs mode).
+    pub lifetime_p50_ms: Option<u64>,
+    pub lifetime_p99_ms: Option<u64>,
+    /// Age of the site's oldest live sampled object.
+    pub oldest_age_s: Option<f64>,
+    /// Most GC cycles any sampled object of the site survived.
+    pub max_gc_cycles_survived: Option<u64>,
+    /// The site is a leak suspect.
+    pub leak_suspect: bool,
+}
+
+/// Everything the profile exports need.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Profile {
+    pub stacks: Vec<StackProfile>,
+    /// Whether in-use numbers exist (sampled mode tracks every sampled object to its death).
+    pub has_inuse: bool,
+    /// Mean bytes between samples.
+    pub interval_bytes: u64,
+    pub duration_ns: u64,
+}
+
+impl Profile {
+    /// The analysis's stacks, with the facts of their sites from the report built from it.
+    pub fn new(analysis: &Analysis, report: &Report) -> Profile {
+        let sites = analysis.sites();
+        let facts: Vec<SiteFacts> = sites
+            .iter()
+            .map(|site| {
+                let reported = report.alloc_sites.iter().find(|s| {
+                    s.function == site.key.function
+                        && s.file == site.key.file
+                        && s.line == site.key.line
+                });
+                let leak_suspect = report.leak_suspects.iter().flatten().any(|s| {
+                    s.function == site.key.function
+                        && s.file == site.key.file
+                        && s.line == site.key.line
+                });
+                let lifetimes = reported
+                    .and_then(|s| s.lifetime_ms.as_ref())
+                    .filter(|l| l.count > 0);
+                SiteFacts {
+                    lifetime_p50_ms: lifetimes.map(|l| l.p50),
+                    lifetime_p99_ms: lifetimes.map(|l| l.p99),
+                    oldest_age_s: reported.and_then(|s| s.oldest_age_s).filter(|&a| a > 0.0),
+                    max_gc_cycles_survived: reported.and_then(|s| s.max_gc_cycles_survived),
+                    leak_suspect,
+                }
+            })
+            .collect();
+        let has_inuse = report.mode == "sampled";
+        let stacks = analysis
+            .stacks()
+            .iter()
+            .filter(|stack| stack.samples > 0)
+            .map(|stack| StackProfile {
+                frames: stack.frames.clone(),
+                alloc_objects: stack.objects.round() as u64,
+                alloc_bytes: stack.bytes.round() as u64,
+                inuse_objects: if has_inuse {
+                    stack.live_objects.round() as u64
+                } else {
+                    0
+                },
+                inuse_bytes: if has_inuse {
+                    stack.live_bytes.round() as u64
+                } else {
+                    0
+                },
+                site: facts[stack.site as usize].clone(),
+            })
+            .collect();
+        Profile {
+            stacks,
+            has_inuse,
+            interval_bytes: analysis.sample_interval_bytes(),
+            duration_ns: (report.duration_s * 1e9) as u64,
+        }
+    }
+}
