@@ -105,3 +105,63 @@ impl Profile {
         }
     }
 }
+
+/// Which number of a [`StackProfile`] a flame graph or folded-stack file shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    AllocSpace,
+    AllocObjects,
+    InuseSpace,
+    InuseObjects,
+}
+
+impl Metric {
+    /// pprof's names for the same numbers.
+    pub const NAMES: [&'static str; 4] = [
+        "alloc_space",
+        "alloc_objects",
+        "inuse_space",
+        "inuse_objects",
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    pub fn from_name(name: &str) -> Option<Metric> {
+        [
+            Metric::AllocSpace,
+            Metric::AllocObjects,
+            Metric::InuseSpace,
+            Metric::InuseObjects,
+        ]
+        .into_iter()
+        .find(|m| m.name() == name.replace('-', "_"))
+    }
+
+    /// In-use bytes when the profile has them (leaks show there), else allocated bytes.
+    pub fn default_for(profile: &Profile) -> Metric {
+        if profile.has_inuse {
+            Metric::InuseSpace
+        } else {
+            Metric::AllocSpace
+        }
+    }
+
+    pub fn value(self, stack: &StackProfile) -> u64 {
+        match self {
+            Metric::AllocSpace => stack.alloc_bytes,
+            Metric::AllocObjects => stack.alloc_objects,
+            Metric::InuseSpace => stack.inuse_bytes,
+            Metric::InuseObjects => stack.inuse_objects,
+        }
+    }
+
+    /// "bytes" or "objects".
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::AllocSpace | Metric::InuseSpace => "bytes",
+            Metric::AllocObjects | Metric::InuseObjects => "objects",
+        }
+    }
+}
