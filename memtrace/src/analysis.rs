@@ -78,6 +78,12 @@ pub struct StackStats {
     pub bytes: f64,
     pub live_objects: f64,
     pub live_bytes: f64,
+    /// Estimated objects and bytes that a completed GC found reachable: sampled objects still
+    /// live at the last GC cycle that were allocated before the one before it, so that every
+    /// one of them survived a whole mark (garbage not swept yet is not counted). Go's own heap
+    /// profile reports in-use memory as of a completed GC the same way.
+    pub settled_objects: f64,
+    pub settled_bytes: f64,
 }
 
 /// Live-object facts of one site, gathered over the live set.
@@ -125,7 +131,8 @@ pub mod leak_rule {
 }
 
 /// How allocations reach the analysis.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Sampling {
     /// Stack samples taken by memtrace's own sampler in `--all-allocs` mode.
     AllAllocs { interval_bytes: u64 },
@@ -170,8 +177,6 @@ pub struct Analysis {
     /// `runtime.main` started (launch mode), at this timestamp.
     pub runtime_ready: Option<u64>,
     deaths: Option<Vec<Death>>,
-    /// Type names by malloc-header word (runtime address), resolved once each.
-    type_names: HashMap<u64, Option<String>>,
     /// When the first object sampled by the heap profiler arrived (CLOCK_MONOTONIC ns).
     pub first_object_ns: Option<u64>,
     /// Goroutine lifecycles and goroutine leaks.
@@ -239,7 +244,6 @@ impl Analysis {
             replaced_objects: 0,
             runtime_ready: None,
             deaths: None,
-            type_names: HashMap::new(),
             first_object_ns: None,
             goroutines: Goroutines::new(),
         }
@@ -267,10 +271,21 @@ impl Analysis {
 
     /// Decodes one ring-buffer record, counting it (and counting it undecodable).
     pub fn decode(&mut self, bytes: &[u8]) -> Option<Event> {
+        let event = Event::decode(bytes).ok();
+        self.count_record(event.is_some());
+        event
+    }
+
+    /// Counts a ring-buffer record (a replay counts the records the session counted).
+    pub fn count_record(&mut self, decodable: bool) {
         self.records_received += 1;
-        Event::decode(bytes)
-            .inspect_err(|_| self.decode_errors += 1)
-            .ok()
+        if !decodable {
+            self.decode_errors += 1;
+        }
+    }
+
+    pub fn symbolizer_mut(&mut self) -> &mut Symbolizer {
+        &mut self.symbolizer
     }
 
     pub fn event(&mut self, event: &Event, load_bias: u64) {
@@ -365,6 +380,8 @@ impl Analysis {
             bytes: 0.0,
             live_objects: 0.0,
             live_bytes: 0.0,
+            settled_objects: 0.0,
+            settled_bytes: 0.0,
         });
         (site, id)
     }
@@ -409,16 +426,9 @@ impl Analysis {
         if alloc.header_word != 0 && self.sites[site_id as usize].type_name.is_none() {
             // Pointerful objects over 512 bytes (Go 1.22+) start with a header naming their
             // type; for other objects the word is something else and names no type.
-            let symbolizer = &self.symbolizer;
             let name = self
-                .type_names
-                .entry(alloc.header_word)
-                .or_insert_with(|| {
-                    symbolizer
-                        .binary()
-                        .type_name(alloc.header_word.wrapping_sub(load_bias))
-                })
-                .clone();
+                .symbolizer
+                .type_name(alloc.header_word.wrapping_sub(load_bias));
             self.sites[site_id as usize].type_name = name;
         }
         let site = &mut self.sites[site_id as usize];
@@ -479,7 +489,17 @@ impl Analysis {
     }
 
     fn gc(&mut self, gc: &GcEvent) {
-        self.cycle = gc.cycle.unwrap_or(self.cycle + 1);
+        let cycle = gc.cycle.unwrap_or(self.cycle + 1);
+        if self.gc_cycles.is_empty() && cycle > 1 {
+            // Attached to a running program: the objects sampled so far were allocated in the
+            // epoch this cycle ends, not in epoch 0.
+            let epoch = (cycle - 1).min(u64::from(u32::MAX)) as u32;
+            for object in self.live.values_mut() {
+                object.cycle = epoch;
+            }
+        }
+        self.cycle = cycle;
+        self.settle();
         self.gc_cycles.push(*gc);
         let at = self.seconds(gc.ts_ns);
         for site in &mut self.sites {
@@ -489,6 +509,27 @@ impl Analysis {
                 }
                 site.snapshots.push((at, site.live_bytes));
             }
+        }
+    }
+
+    /// Recomputes each stack's in-use estimate as of a completed GC (see
+    /// [`StackStats::settled_bytes`]). The probe fires as cycle N's sweep starts; the sweep of
+    /// N-1 ended before N began, so objects from before event N-2 (before N-1 started) that
+    /// are still tracked survived the mark of N-1.
+    fn settle(&mut self) {
+        for stack in &mut self.stack_stats {
+            stack.settled_objects = 0.0;
+            stack.settled_bytes = 0.0;
+        }
+        let interval = self.sample_interval_bytes();
+        for object in self.live.values() {
+            if u64::from(object.cycle) + 3 > self.cycle {
+                continue;
+            }
+            let weight = 1.0 / sample_probability(u64::from(object.size), interval);
+            let stack = &mut self.stack_stats[object.stack as usize];
+            stack.settled_objects += weight;
+            stack.settled_bytes += weight * f64::from(object.size);
         }
     }
 

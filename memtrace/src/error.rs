@@ -20,6 +20,8 @@ pub mod exit_code {
     pub const LAUNCH_FAILED: i32 = 9;
     /// `--read-only` on a process whose heap profiler is off.
     pub const NOT_SAMPLING: i32 = 10;
+    /// `memtrace diff`: a gate threshold was exceeded.
+    pub const REGRESSION: i32 = 11;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("{path}: {reason}")]
+    CorruptTrace { path: PathBuf, reason: String },
     #[error("eBPF is unavailable: {0}")]
     BpfUnavailable(String),
     #[error("{context}: {source}")]
@@ -78,6 +82,7 @@ impl Error {
             Error::Binary { .. } => exit_code::NOT_GO,
             Error::Launch { .. } => exit_code::LAUNCH_FAILED,
             Error::BpfUnavailable(_) => exit_code::BPF_UNAVAILABLE,
+            Error::CorruptTrace { .. } => exit_code::CORRUPT_TRACE,
             Error::Io { .. } => exit_code::FAILURE,
         }
     }

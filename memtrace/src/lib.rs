@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod binary;
 pub mod bpf;
+pub mod diff;
 pub mod error;
 pub mod events;
 pub mod export;
@@ -18,3 +19,4 @@ pub mod runtime;
 pub mod session;
 pub mod symbolize;
 pub mod target;
+pub mod trace;

@@ -1,27 +1,154 @@
-//! The memtrace command line.
+//! The memtrace command line: trace live (the default), `record` a trace file, `report` on one
+//! later, `diff` two.
 
 use std::{
-    ffi::OsString, fs::File, io::Write as _, path::PathBuf, process::ExitCode, time::Duration,
+    ffi::OsString,
+    fs::File,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
 };
 
 use anyhow::Context as _;
-use clap::{ArgGroup, Parser};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use memtrace::{
+    analysis::Analysis,
     bpf::DEFAULT_RING_BYTES,
+    diff::{self, Gate},
     error::{exit_code, Error},
+    export::{self, Metric, Profile},
+    report::{human_bytes, Report},
     session::{self, Mode, SessionOptions, TargetSpec},
+    trace::{
+        replay::{replay, Replay, ReplayOptions},
+        writer::Recorder,
+        TraceError,
+    },
 };
 
+const EXAMPLES: &str = "EXAMPLES:
+  sudo memtrace --pid 1234                       trace a running Go process until Ctrl-C
+  sudo memtrace --pid 1234 -d 30s --json report.json --html report.html
+  sudo memtrace -- ./server --flag               start a program under tracing
+  sudo memtrace record --pid 1234 -d 10m -o api.mtr
+  memtrace report api.mtr --pprof heap.pb.gz     post-mortem, on any machine, no root
+  memtrace diff base.mtr head.mtr --fail-on-new-leaks
+
+EXIT CODES:
+  launch mode: the target's own exit code (128+N if killed by signal N)
+  1 failure  2 usage  3 no such process  4 not a Go program  5 unsupported Go version
+  6 permission denied  7 corrupt or unfinished trace file  8 eBPF unavailable
+  9 cannot start the command  10 --read-only on a program that does not sample
+  11 diff: a gate threshold was exceeded";
+
 /// Trace the heap allocations of a Go process with eBPF: which call sites allocate, which
-/// objects never die, which sites leak. No restart, no code change, no pprof endpoint.
+/// objects never die, which sites leak, which goroutines pile up. No restart, no code change,
+/// no pprof endpoint.
 #[derive(Parser, Debug)]
 #[command(
     name = "memtrace",
     version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
     group(ArgGroup::new("target").required(true).args(["pid", "command"])),
-    after_long_help = "EXAMPLES:\n  sudo memtrace --pid 1234                 trace a running Go process until Ctrl-C\n  sudo memtrace --pid 1234 -d 30s --json report.json\n  sudo memtrace -- ./server --flag         start a program under tracing\n\nEXIT CODES:\n  launch mode: the target's own exit code (128+N if killed by signal N)\n  1 failure  2 usage  3 no such process  4 not a Go program  5 unsupported Go version\n  6 permission denied  7 corrupt trace file  8 eBPF unavailable  9 cannot start the command\n  10 --read-only on a program that does not sample"
+    after_long_help = EXAMPLES
 )]
 struct Cli {
+    #[command(subcommand)]
+    subcommand: Option<Subcommands>,
+
+    #[command(flatten)]
+    trace: TraceArgs,
+
+    #[command(flatten)]
+    output: OutputArgs,
+
+    /// Log what memtrace does (-v info, -vv debug with the probes' diagnostics, -vvv also
+    /// the eBPF loader's).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+enum Subcommands {
+    /// Trace like `memtrace` does and write everything seen to a trace file, for `report` and
+    /// `diff` later, on any machine.
+    #[command(group(ArgGroup::new("target").required(true).args(["pid", "command"])), after_long_help = EXAMPLES)]
+    Record(RecordArgs),
+    /// Print the report of a trace file (and export it), as the live session would have.
+    /// Needs neither root nor the traced program or its binary.
+    #[command(after_long_help = EXAMPLES)]
+    Report(ReportArgs),
+    /// Compare two recordings (or JSON reports): sites whose live bytes, allocation rate or
+    /// lifetimes changed, new leaks, goroutine groups that grew. With a gate option it fails
+    /// (exit code 11) when a threshold is exceeded: a memory regression gate for CI.
+    #[command(after_long_help = EXAMPLES)]
+    Diff(DiffArgs),
+}
+
+#[derive(Args, Debug)]
+struct RecordArgs {
+    /// The trace file to write (created with mode 0600).
+    #[arg(short, long, value_name = "FILE", help_heading = "Output")]
+    output: PathBuf,
+
+    #[command(flatten)]
+    trace: TraceArgs,
+
+    #[command(flatten)]
+    exports: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// A trace file written by `memtrace record`.
+    #[arg(value_name = "FILE")]
+    trace_file: PathBuf,
+
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+struct DiffArgs {
+    /// The recording to compare against (a trace file, or a report from --json).
+    #[arg(value_name = "BASE")]
+    base: PathBuf,
+
+    /// The new recording.
+    #[arg(value_name = "HEAD")]
+    head: PathBuf,
+
+    /// Gate: fail when head has a leak suspect or goroutine leak that base does not.
+    #[arg(long, help_heading = "Gate")]
+    fail_on_new_leaks: bool,
+
+    /// Gate: fail when a site's live bytes grew by more than this (significant changes only).
+    #[arg(long, value_parser = parse_bytes, value_name = "BYTES", help_heading = "Gate")]
+    max_live_growth: Option<u64>,
+
+    /// Gate: fail when a site's allocation rate (bytes/s) grew by more than this many percent
+    /// (significant changes only).
+    #[arg(long, value_name = "PERCENT", help_heading = "Gate")]
+    max_alloc_rate_increase: Option<f64>,
+
+    /// Gate: fail when a goroutine group, or the live goroutines, grew by more than this.
+    #[arg(long, value_name = "COUNT", help_heading = "Gate")]
+    max_goroutine_growth: Option<u64>,
+
+    /// Write the comparison as JSON to this file.
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    json: Option<PathBuf>,
+
+    /// Changes listed per section.
+    #[arg(long, default_value_t = 15, help_heading = "Output")]
+    top: usize,
+}
+
+/// Who to trace and how.
+#[derive(Args, Debug)]
+struct TraceArgs {
     /// Attach to this running process.
     #[arg(short, long, help_heading = "Target")]
     pid: Option<u32>,
@@ -61,24 +188,12 @@ struct Cli {
     #[arg(long, help_heading = "Tracing")]
     no_goroutines: bool,
 
-    /// Write the report as JSON to this file.
-    #[arg(long, value_name = "FILE", help_heading = "Output")]
-    json: Option<PathBuf>,
-
-    /// Sampled mode: write every sampled object whose death was seen to this CSV file
-    /// (address, site, size, GC cycles of allocation and death, lifetime).
-    #[arg(long, value_name = "FILE", help_heading = "Output")]
-    lifetimes: Option<PathBuf>,
-
-    /// Sites shown in the live view and the text report.
-    #[arg(long, default_value_t = 15, help_heading = "Output")]
-    top: usize,
-
-    /// Live view refresh interval.
+    /// Live view (progress line with `record`) refresh interval.
     #[arg(long, default_value = "1s", value_parser = parse_duration, help_heading = "Output")]
     interval: Duration,
 
-    /// No live view (it is only drawn when stderr is a terminal anyway).
+    /// No live view or progress line (the live view is only drawn when stderr is a terminal
+    /// anyway).
     #[arg(long, help_heading = "Output")]
     no_live: bool,
 
@@ -90,11 +205,51 @@ struct Cli {
     /// kernel's trap cost alone.
     #[arg(long, help_heading = "Advanced")]
     probe_floor: bool,
+}
 
-    /// Log what memtrace does (-v info, -vv debug with the probes' diagnostics, -vvv also
-    /// the eBPF loader's).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
+/// Where the report goes, besides the text on stdout.
+#[derive(Args, Debug)]
+struct OutputArgs {
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    json: Option<PathBuf>,
+
+    /// Write a gzipped pprof profile (alloc_objects, alloc_space, inuse_objects, inuse_space;
+    /// lifetimes and ages as labels) for `go tool pprof`, Pyroscope or Parca.
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pprof: Option<PathBuf>,
+
+    /// Write folded stacks (`outer;...;inner value`, the input of flamegraph.pl and inferno).
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    folded: Option<PathBuf>,
+
+    /// Write a flame graph (SVG).
+    #[arg(long, value_name = "FILE.svg", help_heading = "Output")]
+    flamegraph: Option<PathBuf>,
+
+    /// What folded stacks and flame graphs count: inuse_space (default in sampled mode),
+    /// inuse_objects, alloc_space (default with --all-allocs) or alloc_objects.
+    #[arg(long, value_parser = parse_metric, value_name = "METRIC", help_heading = "Output")]
+    flame_metric: Option<Metric>,
+
+    /// Write one self-contained HTML page: leak suspects, goroutine leaks, lifetime
+    /// histograms, the GC timeline and a flame graph, readable offline.
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    html: Option<PathBuf>,
+
+    /// Sampled mode: write every sampled object whose death was seen to this CSV file
+    /// (address, site, size, GC cycles of allocation and death, lifetime).
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    lifetimes: Option<PathBuf>,
+
+    /// Sites shown in the live view and the text report.
+    #[arg(long, default_value_t = 15, help_heading = "Output")]
+    top: usize,
+}
+
+fn parse_metric(text: &str) -> Result<Metric, String> {
+    Metric::from_name(text)
+        .ok_or_else(|| format!("unknown metric {text:?} (use {})", Metric::NAMES.join(", ")))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -185,38 +340,59 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
-    let target = match cli.pid {
+    match cli.subcommand {
+        None => trace(&cli.trace, &cli.output, None),
+        Some(Subcommands::Record(args)) => trace(&args.trace, &args.exports, Some(&args.output)),
+        Some(Subcommands::Report(args)) => report(&args),
+        Some(Subcommands::Diff(args)) => diff_recordings(&args),
+    }
+}
+
+/// A live session, recorded into `record` if given.
+fn trace(args: &TraceArgs, output: &OutputArgs, record: Option<&Path>) -> anyhow::Result<i32> {
+    let target = match args.pid {
         Some(pid) => TargetSpec::Pid(pid),
-        None => TargetSpec::Launch(cli.command.clone()),
+        None => TargetSpec::Launch(args.command.clone()),
     };
     let launched = matches!(target, TargetSpec::Launch(_));
-    let ring_bytes = u32::try_from(cli.ring_buffer.next_power_of_two())
+    let ring_bytes = u32::try_from(args.ring_buffer.next_power_of_two())
         .ok()
         .filter(|&size| size >= 4096)
         .unwrap_or(DEFAULT_RING_BYTES);
+    // Created before tracing starts: a path memtrace cannot write stops it before it touches
+    // the target.
+    let trace_file = record
+        .map(|path| {
+            Recorder::create_file(path)
+                .map(std::sync::Arc::new)
+                .with_context(|| format!("creating {}", path.display()))
+        })
+        .transpose()?;
     let outcome = session::run(SessionOptions {
         target,
-        duration: cli.duration,
-        mode: if cli.probe_floor {
+        duration: args.duration,
+        mode: if args.probe_floor {
             Mode::ProbeFloor
-        } else if cli.all_allocs {
+        } else if args.all_allocs {
             Mode::AllAllocs {
-                stack_sample_bytes: cli.stack_sample_bytes,
+                stack_sample_bytes: args.stack_sample_bytes,
             }
         } else {
             Mode::Sampled {
-                rate: cli.sample_rate,
-                read_only: cli.read_only,
+                rate: args.sample_rate,
+                read_only: args.read_only,
             }
         },
-        keep_deaths: cli.lifetimes.is_some(),
-        goroutines: !cli.no_goroutines,
-        live: !cli.no_live,
-        live_interval: cli.interval,
-        top: cli.top,
+        keep_deaths: output.lifetimes.is_some(),
+        goroutines: !args.no_goroutines,
+        live: !args.no_live && record.is_none(),
+        live_interval: args.interval,
+        top: output.top,
         ring_bytes,
+        record: trace_file,
+        progress: !args.no_live && record.is_some(),
     })?;
-    let text = outcome.report.to_text(cli.top);
+    let text = outcome.report.to_text(output.top);
     // Launch mode keeps the target's stdout its own: the report goes to stderr.
     if launched {
         eprint!("{text}");
@@ -224,25 +400,210 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         print!("{text}");
         std::io::stdout().flush().ok();
     }
-    if let Some(path) = &cli.json {
-        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        outcome
-            .report
-            .write_json(std::io::BufWriter::new(file))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &cli.lifetimes {
-        write_lifetimes(path, &outcome.analysis)
-            .with_context(|| format!("writing {}", path.display()))?;
+    write_outputs(output, &outcome.report, &outcome.analysis)?;
+    if let Some(summary) = &outcome.recording {
+        let progress = summary.progress;
+        eprintln!(
+            "memtrace: recorded {} events ({}) to {}{}; `memtrace report {}` reads it",
+            progress.records,
+            human_bytes(progress.bytes_written as f64),
+            summary.path.display(),
+            if progress.unrecorded > 0 {
+                format!(
+                    ", {} events not written (the disk did not keep up)",
+                    progress.unrecorded
+                )
+            } else {
+                String::new()
+            },
+            summary.path.display(),
+        );
+        if let Some(error) = &summary.error {
+            anyhow::bail!(
+                "writing {} failed: {error}; the file holds what was written before",
+                summary.path.display()
+            );
+        }
     }
     Ok(outcome.target_exit.map_or(0, |exit| exit.shell_code()))
 }
 
+/// A recorded trace read back, or the reason it cannot be read at all.
+fn read_trace(path: &Path, keep_deaths: bool, top: usize) -> anyhow::Result<Replay> {
+    let replay = replay(path, ReplayOptions { top, keep_deaths }).map_err(|error| match error {
+        TraceError::Io(error) => {
+            anyhow::Error::new(error).context(format!("reading {}", path.display()))
+        }
+        other => Error::CorruptTrace {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        }
+        .into(),
+    })?;
+    log::info!(
+        "replayed {} records from {} chunks in {:.3}s: {:.0} records/s",
+        replay.records,
+        replay.chunks,
+        replay.replay_s,
+        replay.records as f64 / replay.replay_s.max(1e-9)
+    );
+    Ok(replay)
+}
+
+/// What is wrong with a trace that could be read, as lines for stderr; empty when nothing is.
+fn trace_problems(replay: &Replay) -> Vec<String> {
+    let mut problems: Vec<String> = replay.damage.iter().map(ToString::to_string).collect();
+    if !replay.finished
+        && !replay
+            .damage
+            .iter()
+            .any(|d| matches!(d.what, memtrace::trace::reader::DamageKind::Truncated))
+    {
+        problems.push(
+            "the trace has no end record: memtrace stopped before finishing it (killed, or the \
+             disk filled up)"
+                .into(),
+        );
+    }
+    problems
+}
+
+fn report(args: &ReportArgs) -> anyhow::Result<i32> {
+    let replay = read_trace(
+        &args.trace_file,
+        args.output.lifetimes.is_some(),
+        args.output.top,
+    )?;
+    print!("{}", replay.report.to_text(args.output.top));
+    std::io::stdout().flush().ok();
+    write_outputs(&args.output, &replay.report, &replay.analysis)?;
+    let problems = trace_problems(&replay);
+    if problems.is_empty() {
+        return Ok(0);
+    }
+    eprintln!(
+        "memtrace: {}: the report covers every complete chunk; {} problem{}:",
+        args.trace_file.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for problem in &problems {
+        eprintln!("  {problem}");
+    }
+    Ok(exit_code::CORRUPT_TRACE)
+}
+
+/// A report from a trace file, or from a JSON report (`--json`).
+fn load_report(path: &Path) -> anyhow::Result<Report> {
+    let mut start = [0u8; 1];
+    let is_json = File::open(path)
+        .and_then(|mut file| std::io::Read::read(&mut file, &mut start))
+        .with_context(|| format!("reading {}", path.display()))?
+        == 1
+        && start[0] == b'{';
+    if is_json {
+        let file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        return serde_json::from_reader(std::io::BufReader::new(file)).map_err(|error| {
+            Error::CorruptTrace {
+                path: path.to_path_buf(),
+                reason: format!("not a memtrace JSON report: {error}"),
+            }
+            .into()
+        });
+    }
+    let replay = read_trace(path, false, usize::MAX)?;
+    for problem in trace_problems(&replay) {
+        eprintln!("memtrace: warning: {}: {problem}", path.display());
+    }
+    Ok(replay.report)
+}
+
+fn diff_recordings(args: &DiffArgs) -> anyhow::Result<i32> {
+    let base = load_report(&args.base)?;
+    let head = load_report(&args.head)?;
+    let gate = Gate {
+        fail_on_new_leaks: args.fail_on_new_leaks,
+        max_live_growth_bytes: args.max_live_growth,
+        max_alloc_rate_increase_pct: args.max_alloc_rate_increase,
+        max_goroutine_growth: args.max_goroutine_growth,
+    };
+    let result = diff::diff(&base, &head, &gate);
+    print!("{}", result.to_text(args.top));
+    std::io::stdout().flush().ok();
+    if let Some(path) = &args.json {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        serde_json::to_writer_pretty(std::io::BufWriter::new(file), &result)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if result.violations().is_empty() {
+        0
+    } else {
+        exit_code::REGRESSION
+    })
+}
+
+/// Writes the exports the user asked for.
+fn write_outputs(output: &OutputArgs, report: &Report, analysis: &Analysis) -> anyhow::Result<()> {
+    let create = |path: &Path| {
+        File::create(path)
+            .map(std::io::BufWriter::new)
+            .with_context(|| format!("creating {}", path.display()))
+    };
+    if let Some(path) = &output.json {
+        report
+            .write_json(create(path)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &output.lifetimes {
+        write_lifetimes(path, analysis).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let wants_profile = output.pprof.is_some()
+        || output.folded.is_some()
+        || output.flamegraph.is_some()
+        || output.html.is_some();
+    if !wants_profile {
+        return Ok(());
+    }
+    let profile = Profile::new(analysis, report);
+    let metric = output
+        .flame_metric
+        .unwrap_or_else(|| Metric::default_for(&profile));
+    let title = format!(
+        "memtrace: {} (pid {}), {}",
+        report.target.exe,
+        report.target.pid,
+        metric.name()
+    );
+    if let Some(path) = &output.pprof {
+        let mut out = create(path)?;
+        export::pprof::write_pprof(&profile, &mut out)
+            .and_then(|()| out.flush())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &output.folded {
+        let mut out = create(path)?;
+        out.write_all(export::folded::folded(&profile, metric).as_bytes())
+            .and_then(|()| out.flush())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &output.flamegraph {
+        let mut out = create(path)?;
+        export::folded::write_flamegraph(&profile, metric, &title, &mut out)
+            .and_then(|()| out.flush())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &output.html {
+        let flame = export::folded::flamegraph_svg(&profile, metric, &title);
+        let mut out = create(path)?;
+        export::html::write_html(report, Some(&flame), &mut out)
+            .and_then(|()| out.flush())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// The paired deaths as CSV.
-fn write_lifetimes(
-    path: &std::path::Path,
-    analysis: &memtrace::analysis::Analysis,
-) -> std::io::Result<()> {
+fn write_lifetimes(path: &Path, analysis: &Analysis) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(File::create(path)?);
     writeln!(
         out,

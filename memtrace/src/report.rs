@@ -128,7 +128,7 @@ impl GoroutineGroupReport {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemProfileRate {
     /// The target's own value when memtrace attached.
     pub original: i64,
@@ -158,7 +158,7 @@ pub struct LeakSuspect {
     pub score: f64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TargetInfo {
     pub pid: u32,
     pub exe: String,
@@ -238,6 +238,14 @@ pub struct Events {
     pub unmatched_frees: u64,
     /// Objects whose address was reused before their death was seen.
     pub replaced_objects: u64,
+    /// Records a recording could not write (its writer fell behind or failed): they are in
+    /// this report but not in the trace file.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unrecorded: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -272,6 +280,10 @@ pub struct AllocSite {
     pub live_objects: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live_bytes: Option<u64>,
+    /// Sampled mode: sampled objects still alive, the sample count behind `live_objects` and
+    /// `live_bytes` (their precision; absent in reports from before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_samples: Option<u64>,
     /// Sampled mode: the objects' type, when the binary lets memtrace know it.
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_name: Option<Option<String>>,
@@ -430,6 +442,7 @@ impl Report {
                     stack: stack_of(id),
                     live_objects: sampled.then(|| site.live_objects.round() as u64),
                     live_bytes: sampled.then(|| site.live_bytes.round() as u64),
+                    live_samples: sampled.then_some(site.live_samples),
                     type_name: sampled.then(|| site.type_name.clone()),
                     lifetime_ms: sampled.then(|| Lifetimes::of(&site.lifetimes_ms)),
                     max_gc_cycles_survived: sampled
@@ -557,6 +570,7 @@ impl Report {
                 objects_freed: stats.objects_freed,
                 unmatched_frees: analysis.unmatched_frees,
                 replaced_objects: analysis.replaced_objects,
+                unrecorded: 0,
             },
             sampling: Sampling {
                 interval_bytes: interval,

@@ -29,6 +29,11 @@ use crate::{
     runtime::locate_mem_profile_rate,
     symbolize::Symbolizer,
     target::{HeldChild, Target},
+    trace::{
+        codec::{EndInfo, Entry, StatsSnapshot},
+        writer::{Recorder, Summary, TraceFile},
+        TraceHeader,
+    },
 };
 
 /// What to trace.
@@ -67,6 +72,11 @@ pub struct SessionOptions {
     pub live_interval: Duration,
     pub top: usize,
     pub ring_bytes: u32,
+    /// Record the session into this trace file (created beforehand, see
+    /// [`Recorder::create_file`]).
+    pub record: Option<std::sync::Arc<TraceFile>>,
+    /// Show the recording's progress line (instead of the live view).
+    pub progress: bool,
 }
 
 /// How a launched target ended.
@@ -106,6 +116,52 @@ pub struct SessionOutcome {
     pub analysis: Analysis,
     /// Launch mode: how the target exited.
     pub target_exit: Option<TargetExit>,
+    /// How the recording went, when there was one.
+    pub recording: Option<Summary>,
+}
+
+impl Mode {
+    /// The name a trace header and the report use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Sampled { .. } => "sampled",
+            Mode::AllAllocs { .. } => "all-allocs",
+            Mode::ProbeFloor => "probe-floor",
+        }
+    }
+}
+
+/// Who and what this session traces, for a trace file's header.
+fn trace_header(
+    target: &Target,
+    options: &SessionOptions,
+    analysis: &Analysis,
+    start_ns: u64,
+) -> TraceHeader {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|text| text.trim().to_string())
+            .unwrap_or_default()
+    };
+    TraceHeader {
+        memtrace_version: env!("CARGO_PKG_VERSION").into(),
+        target: TargetInfo {
+            pid: target.pid,
+            exe: target.exe.display().to_string(),
+            go_version: target.binary.build_info().go_version.clone(),
+            exit: None,
+        },
+        build_id: target.binary.build_id(),
+        mode: options.mode.name().into(),
+        sampling: analysis.sampling(),
+        goroutines: options.goroutines,
+        start_ts_ns: start_ns,
+        start_unix_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+        hostname: read("/proc/sys/kernel/hostname"),
+        kernel: read("/proc/sys/kernel/osrelease"),
+    }
 }
 
 fn monotonic_ns() -> u64 {
@@ -268,21 +324,35 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
     if options.keep_deaths {
         analysis.keep_deaths();
     }
+    let recorder = match &options.record {
+        Some(file) => {
+            analysis.symbolizer_mut().journal_new_symbols();
+            Recorder::create(file, &trace_header(&target, &options, &analysis, start_ns))
+                .map(Some)
+                .map_err(|error| Error::io("starting the recording", error))
+        }
+        None => Ok(None),
+    };
     let mut goroutine_scanner = options.goroutines.then(GoroutineScanner::default);
-    let loop_result = runtime.block_on(event_loop(
-        &options,
-        &mut tracer,
-        &target,
-        goroutine_scanner.as_mut(),
-        ring,
-        creation_stacks,
-        watch,
-        held_child.is_some(),
-        &mut analysis,
-        &mut rate,
-        signals,
-        start_ns,
-    ));
+    let loop_result = recorder.and_then(|mut recorder| {
+        runtime
+            .block_on(event_loop(
+                &options,
+                &mut tracer,
+                &target,
+                goroutine_scanner.as_mut(),
+                ring,
+                creation_stacks,
+                watch,
+                held_child.is_some(),
+                &mut analysis,
+                &mut rate,
+                signals,
+                start_ns,
+                recorder.as_mut(),
+            ))
+            .map(|ended| (ended, recorder))
+    });
     // Whatever happened, the target gets its own rate back before memtrace goes.
     let mem_profile_rate = rate.finish();
     if let (Err(_), Some(child)) = (&loop_result, &held_child) {
@@ -294,11 +364,24 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
             libc::waitpid(child.pid as i32, std::ptr::null_mut(), 0);
         }
     }
-    let mut target_exit = loop_result?;
+    let (
+        LoopEnd {
+            mut target_exit,
+            target_gone,
+        },
+        mut recorder,
+    ) = loop_result?;
     let duration_s = started.elapsed().as_secs_f64();
     let stats = tracer.stats(target.pid)?;
     let global_counters = tracer.global_counters()?;
     drop(tracer);
+    if let Some(recorder) = &mut recorder {
+        recorder.entry(&Entry::Stats(Box::new(StatsSnapshot {
+            ts_ns: monotonic_ns(),
+            stats,
+            global_counters: global_counters.to_vec(),
+        })));
+    }
 
     let build = target.binary.build_info();
     let mut report = Report::build(ReportInput {
@@ -327,11 +410,34 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
         }
         report.target.exit = target_exit.map(TargetExit::describe);
     }
+    let recording = recorder.map(|recorder| {
+        let summary = recorder.finish(
+            EndInfo {
+                duration_s,
+                target_exit: report.target.exit.clone(),
+                mem_profile_rate: report.mem_profile_rate.clone(),
+                unrecorded: 0,
+                target_exited: target_gone,
+            },
+            analysis.symbolizer_mut().all_symbols(),
+        );
+        report.events.unrecorded = summary.progress.unrecorded;
+        summary
+    });
     Ok(SessionOutcome {
         report,
         analysis,
         target_exit,
+        recording,
     })
+}
+
+/// How the event loop ended.
+struct LoopEnd {
+    /// Launch mode: how the target exited, when memtrace saw it.
+    target_exit: Option<TargetExit>,
+    /// The target is gone (exited or killed).
+    target_gone: bool,
 }
 
 #[expect(clippy::too_many_arguments, reason = "the pieces of one session")]
@@ -348,7 +454,8 @@ async fn event_loop(
     rate: &mut RateControl,
     mut signals: Signals,
     start_ns: u64,
-) -> Result<Option<TargetExit>> {
+    mut recorder: Option<&mut Recorder>,
+) -> Result<LoopEnd> {
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| Error::io("watching the ring buffer", e.into()))?;
@@ -373,6 +480,9 @@ async fn event_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let live = options.live && std::io::stderr().is_terminal();
     let mut live_view = LiveView::default();
+    let mut record_tick = tokio::time::interval(RECORD_FLUSH_INTERVAL);
+    record_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut progress = ProgressLine::default();
 
     let mut target_exit = None;
     let mut target_gone = false;
@@ -381,16 +491,30 @@ async fn event_loop(
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::io("reading the ring buffer", e))?;
                 guard.clear_ready();
-                drain(guard.get_inner_mut(), &mut stacks, analysis, rate, target, options.mode)?;
+                drain(guard.get_inner_mut(), &mut stacks, analysis, rate, target, options.mode, recorder.as_deref_mut())?;
             }
             _ = drain_tick.tick() => {
-                drain(ring.get_mut(), &mut stacks, analysis, rate, target, options.mode)?;
+                drain(ring.get_mut(), &mut stacks, analysis, rate, target, options.mode, recorder.as_deref_mut())?;
+            }
+            _ = record_tick.tick(), if recorder.is_some() => {
+                if let Some(recorder) = recorder.as_deref_mut() {
+                    // Counters now and then, so that a file cut short still has recent totals;
+                    // and at most a second of events waits in memory.
+                    if let (Ok(stats), Ok(global_counters)) = (tracer.stats(target.pid), tracer.global_counters()) {
+                        if options.progress {
+                            progress.draw(recorder, &stats, start_ns);
+                        }
+                        recorder.entry(&Entry::Stats(Box::new(StatsSnapshot { ts_ns: monotonic_ns(), stats, global_counters: global_counters.to_vec() })));
+                    }
+                    recorder.symbols(analysis.symbolizer_mut().take_new_symbols());
+                    recorder.flush();
+                }
             }
             _ = scan_tick.tick(), if goroutine_scanner.is_some() => {
                 // Everything the probes sent so far first, so that the scan is the newest news.
-                drain(ring.get_mut(), &mut stacks, analysis, rate, target, options.mode)?;
+                drain(ring.get_mut(), &mut stacks, analysis, rate, target, options.mode, recorder.as_deref_mut())?;
                 if let Some(scanner) = goroutine_scanner.as_deref_mut() {
-                    scanner.scan(target, analysis);
+                    scanner.scan(target, analysis, recorder.as_deref_mut());
                 }
             }
             guard = async { logger.as_mut().expect("guarded by the branch condition").readable_mut().await }, if logger.is_some() => {
@@ -446,14 +570,19 @@ async fn event_loop(
         rate,
         target,
         options.mode,
+        recorder.as_deref_mut(),
     )?;
     if target_gone {
         analysis.goroutines.target_exited();
     } else if let Some(scanner) = goroutine_scanner {
         // The last word on states.
-        scanner.scan(target, analysis);
+        scanner.scan(target, analysis, recorder);
     }
-    Ok(target_exit)
+    progress.clear();
+    Ok(LoopEnd {
+        target_exit,
+        target_gone,
+    })
 }
 
 /// The heap profiler's rate memtrace sets when the target does not sample (pprof's default).
@@ -471,6 +600,53 @@ const GOROUTINE_GROUPS_SHOWN: usize = 3;
 /// How often the target's goroutines are read (states, wait reasons, leak groups).
 const GOROUTINE_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often a recording writes what it has (and the progress line is redrawn).
+const RECORD_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The progress line of a recording, on stderr: redrawn in place on a terminal, else a line
+/// every [`PROGRESS_LOG_INTERVAL`].
+#[derive(Default)]
+struct ProgressLine {
+    drawn: bool,
+    last_logged: Option<Instant>,
+}
+
+const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+impl ProgressLine {
+    fn draw(&mut self, recorder: &Recorder, stats: &memtrace_common::TargetStats, start_ns: u64) {
+        let progress = recorder.progress();
+        let text = format!(
+            "recording {}: {:.0}s, {} events, {} written, {} dropped (ring buffer full), {} not written (disk too slow)",
+            recorder.path().display(),
+            monotonic_ns().saturating_sub(start_ns) as f64 / 1e9,
+            human_count(progress.records as f64),
+            human_bytes(progress.bytes_written as f64),
+            stats.ringbuf_drops,
+            progress.unrecorded,
+        );
+        let mut stderr = std::io::stderr().lock();
+        if stderr.is_terminal() {
+            let _ = write!(stderr, "\r\x1b[2K{text}");
+            self.drawn = true;
+        } else if self
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= PROGRESS_LOG_INTERVAL)
+        {
+            let _ = writeln!(stderr, "memtrace: {text}");
+            self.last_logged = Some(Instant::now());
+        }
+        let _ = stderr.flush();
+    }
+
+    /// Ends the line, so that what follows starts on a fresh one.
+    fn clear(&mut self) {
+        if std::mem::take(&mut self.drawn) {
+            eprintln!();
+        }
+    }
+}
+
 /// Scans the target's goroutines into the analysis.
 #[derive(Default)]
 struct GoroutineScanner {
@@ -478,7 +654,12 @@ struct GoroutineScanner {
 }
 
 impl GoroutineScanner {
-    fn scan(&mut self, target: &Target, analysis: &mut Analysis) {
+    fn scan(
+        &mut self,
+        target: &Target,
+        analysis: &mut Analysis,
+        mut recorder: Option<&mut Recorder>,
+    ) {
         let bias = target.load_bias();
         // Made at the first scan: a launched program's memory exists only after exec.
         let reader = self.reader.get_or_insert_with(|| {
@@ -487,13 +668,29 @@ impl GoroutineScanner {
         if analysis.goroutines.wait_reasons().is_empty() {
             // Until the loader has relocated them (PIE), the strings do not read: try again.
             if let Some(names) = reader.wait_reasons() {
+                if let Some(recorder) = recorder.as_deref_mut() {
+                    recorder.entry(&Entry::WaitReasons(names.clone()));
+                }
                 analysis.goroutines.set_wait_reasons(names);
             }
         }
         let known: Vec<u64> = analysis.goroutines.known_gs().collect();
-        match reader.scan(monotonic_ns(), known) {
-            Ok(scan) => analysis.event(&Event::GoroutineScan(scan), bias),
+        let now = monotonic_ns();
+        match reader.scan(now, known) {
+            Ok(scan) => {
+                let event = Event::GoroutineScan(scan);
+                analysis.event(&event, bias);
+                if let Some(recorder) = recorder {
+                    recorder.load_bias(bias);
+                    recorder.event(&event);
+                    recorder.symbols(analysis.symbolizer_mut().take_new_symbols());
+                    recorder.flush_if_full();
+                }
+            }
             Err(error) => {
+                if let Some(recorder) = recorder {
+                    recorder.entry(&Entry::ScanFailed { ts_ns: now });
+                }
                 analysis.goroutines.scan_failures += 1;
                 if analysis.goroutines.scan_failures == 1 {
                     log::warn!("cannot read the goroutines of pid {}: {error}", target.pid);
@@ -512,11 +709,18 @@ fn drain(
     rate: &mut RateControl,
     target: &Target,
     mode: Mode,
+    mut recorder: Option<&mut Recorder>,
 ) -> Result<()> {
     let bias = target.load_bias();
+    if let Some(recorder) = recorder.as_deref_mut() {
+        recorder.load_bias(bias);
+    }
     let mut runtime_ready = false;
     while let Some(record) = ring.next() {
         let Some(mut event) = analysis.decode(&record) else {
+            if let Some(recorder) = recorder.as_deref_mut() {
+                recorder.entry(&Entry::Undecodable);
+            }
             continue;
         };
         match &mut event {
@@ -529,11 +733,21 @@ fn drain(
             _ => {}
         }
         analysis.event(&event, bias);
+        if let Some(recorder) = recorder.as_deref_mut() {
+            recorder.event(&event);
+        }
     }
     if runtime_ready {
         // schedinit is done: a rate written now stays.
         rate.apply(target, bias)?;
         analysis.set_sampling(rate.sampling(mode));
+        if let Some(recorder) = recorder.as_deref_mut() {
+            recorder.entry(&Entry::Sampling(analysis.sampling()));
+        }
+    }
+    if let Some(recorder) = recorder {
+        recorder.symbols(analysis.symbolizer_mut().take_new_symbols());
+        recorder.flush_if_full();
     }
     Ok(())
 }

@@ -2,10 +2,12 @@
 //!
 //! Binaries with DWARF go through blazesym (inlined frames, file:line). Stripped Go binaries
 //! have no symbols blazesym can read, so they go through memtrace's own `.gopclntab` reader.
+//! A recorded trace carries what its session symbolized, so a replay symbolizes from that table
+//! without the binary.
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
-use blazesym::symbolize::{self, source::Source, Input, Symbolized};
+use blazesym::symbolize::{self, Input, Symbolized};
 use serde::{Deserialize, Serialize};
 
 use crate::binary::GoBinary;
@@ -22,7 +24,7 @@ pub struct Frame {
 }
 
 impl Frame {
-    fn unknown(vaddr: u64) -> Frame {
+    pub fn unknown(vaddr: u64) -> Frame {
         Frame {
             function: format!("0x{vaddr:x}"),
             file: String::new(),
@@ -37,13 +39,35 @@ impl Frame {
     }
 }
 
+/// One fact a symbolizer learned about an address (what a recorded trace carries).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Symbol {
+    /// The frames of an ELF virtual address, innermost first.
+    Frames { vaddr: u64, frames: Arc<[Frame]> },
+    /// The Go type whose type descriptor is at an ELF virtual address, if it names one.
+    TypeName { vaddr: u64, name: Option<String> },
+}
+
+/// Where symbols come from.
+enum Source {
+    /// The target's binary.
+    Binary {
+        binary: Arc<GoBinary>,
+        /// Path blazesym opens; kept valid after the target exits (see `Target::symbol_path`).
+        symbol_path: PathBuf,
+        blazesym: Option<Box<symbolize::Symbolizer>>,
+    },
+    /// Only what a recording carries; other addresses are unknown.
+    Recorded,
+}
+
 /// Symbolizes addresses of one binary, caching every address it has seen.
 pub struct Symbolizer {
-    binary: Arc<GoBinary>,
-    /// Path blazesym opens; kept valid after the target exits (see `Target::symbol_path`).
-    symbol_path: PathBuf,
-    blazesym: Option<symbolize::Symbolizer>,
+    source: Source,
     cache: HashMap<u64, Arc<[Frame]>>,
+    type_names: HashMap<u64, Option<String>>,
+    /// Symbols learned since the last [`Symbolizer::take_new_symbols`], when recording.
+    journal: Option<Vec<Symbol>>,
 }
 
 impl Symbolizer {
@@ -53,17 +77,92 @@ impl Symbolizer {
                 .enable_code_info(true)
                 .enable_inlined_fns(true)
                 .build()
+                .into()
         });
         Symbolizer {
-            binary,
-            symbol_path,
-            blazesym,
+            source: Source::Binary {
+                binary,
+                symbol_path,
+                blazesym,
+            },
             cache: HashMap::new(),
+            type_names: HashMap::new(),
+            journal: None,
         }
     }
 
-    pub fn binary(&self) -> &GoBinary {
-        &self.binary
+    /// A symbolizer that knows only `symbols` (from a recorded trace).
+    pub fn recorded(symbols: impl IntoIterator<Item = Symbol>) -> Symbolizer {
+        let mut symbolizer = Symbolizer {
+            source: Source::Recorded,
+            cache: HashMap::new(),
+            type_names: HashMap::new(),
+            journal: None,
+        };
+        for symbol in symbols {
+            match symbol {
+                Symbol::Frames { vaddr, frames } => {
+                    symbolizer.cache.insert(vaddr, frames);
+                }
+                Symbol::TypeName { vaddr, name } => {
+                    symbolizer.type_names.insert(vaddr, name);
+                }
+            }
+        }
+        symbolizer
+    }
+
+    /// From now on, remember every symbol learned, for [`Symbolizer::take_new_symbols`].
+    pub fn journal_new_symbols(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The symbols learned since the last call (with [`Symbolizer::journal_new_symbols`]).
+    pub fn take_new_symbols(&mut self) -> Vec<Symbol> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Everything symbolized so far.
+    pub fn all_symbols(&self) -> Vec<Symbol> {
+        let mut symbols: Vec<Symbol> = self
+            .cache
+            .iter()
+            .map(|(&vaddr, frames)| Symbol::Frames {
+                vaddr,
+                frames: frames.clone(),
+            })
+            .collect();
+        symbols.extend(
+            self.type_names
+                .iter()
+                .map(|(&vaddr, name)| Symbol::TypeName {
+                    vaddr,
+                    name: name.clone(),
+                }),
+        );
+        symbols
+    }
+
+    /// The Go type named by a type descriptor at an ELF virtual address.
+    pub fn type_name(&mut self, vaddr: u64) -> Option<String> {
+        if let Some(name) = self.type_names.get(&vaddr) {
+            return name.clone();
+        }
+        let name = match &self.source {
+            Source::Binary { binary, .. } => binary.type_name(vaddr),
+            Source::Recorded => None,
+        };
+        self.type_names.insert(vaddr, name.clone());
+        if let Some(journal) = &mut self.journal {
+            journal.push(Symbol::TypeName {
+                vaddr,
+                name: name.clone(),
+            });
+        }
+        name
     }
 
     /// Frames of one ELF virtual address, innermost (most deeply inlined) first.
@@ -77,12 +176,25 @@ impl Symbolizer {
             .unwrap_or_else(|| vec![Frame::unknown(vaddr)])
             .into();
         self.cache.insert(vaddr, frames.clone());
+        if let Some(journal) = &mut self.journal {
+            journal.push(Symbol::Frames {
+                vaddr,
+                frames: frames.clone(),
+            });
+        }
         frames
     }
 
     fn blazesym_frames(&self, vaddr: u64) -> Option<Vec<Frame>> {
-        let symbolizer = self.blazesym.as_ref()?;
-        let source = Source::Elf(symbolize::source::Elf::new(&self.symbol_path));
+        let Source::Binary {
+            blazesym: Some(symbolizer),
+            symbol_path,
+            ..
+        } = &self.source
+        else {
+            return None;
+        };
+        let source = symbolize::source::Source::Elf(symbolize::source::Elf::new(symbol_path));
         let result = symbolizer
             .symbolize_single(&source, Input::VirtOffset(vaddr))
             .ok()?;
@@ -116,7 +228,10 @@ impl Symbolizer {
     }
 
     fn pclntab_frames(&self, vaddr: u64) -> Option<Vec<Frame>> {
-        let location = self.binary.pclntab()?.lookup(vaddr)?;
+        let Source::Binary { binary, .. } = &self.source else {
+            return None;
+        };
+        let location = binary.pclntab()?.lookup(vaddr)?;
         let mut frames: Vec<Frame> = location
             .inlined
             .iter()

@@ -6,6 +6,7 @@
 //! what setup left in [`cache_dir`], and says so when something is missing.
 
 mod bpf_support;
+pub mod chromium;
 mod go_build;
 
 use std::{

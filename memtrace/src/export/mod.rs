@@ -2,6 +2,11 @@
 //! stacks, flame graphs and a self-contained HTML page. Live sessions and recorded traces
 //! export through the same code.
 
+pub mod html;
+
+pub mod folded;
+pub mod pprof;
+
 use std::sync::Arc;
 
 use crate::{analysis::Analysis, report::Report, symbolize::Frame};
@@ -14,7 +19,8 @@ pub struct StackProfile {
     /// Unbiased estimates of everything allocated from this stack.
     pub alloc_objects: u64,
     pub alloc_bytes: u64,
-    /// Sampled mode: estimated objects and bytes still live at the end (pprof's in-use).
+    /// Sampled mode: estimated objects and bytes reachable at a completed GC (pprof's in-use;
+    /// see [`crate::analysis::StackStats::settled_bytes`]).
     pub inuse_objects: u64,
     pub inuse_bytes: u64,
     /// Facts of the stack's allocation site (the innermost frame outside the runtime).
@@ -81,16 +87,16 @@ impl Profile {
             .iter()
             .filter(|stack| stack.samples > 0)
             .map(|stack| StackProfile {
-                frames: stack.frames.clone(),
+                frames: without_allocator_frames(&stack.frames),
                 alloc_objects: stack.objects.round() as u64,
                 alloc_bytes: stack.bytes.round() as u64,
                 inuse_objects: if has_inuse {
-                    stack.live_objects.round() as u64
+                    stack.settled_objects.round() as u64
                 } else {
                     0
                 },
                 inuse_bytes: if has_inuse {
-                    stack.live_bytes.round() as u64
+                    stack.settled_bytes.round() as u64
                 } else {
                     0
                 },
@@ -103,6 +109,17 @@ impl Profile {
             interval_bytes: analysis.sample_interval_bytes(),
             duration_ns: (report.duration_s * 1e9) as u64,
         }
+    }
+}
+
+/// A stack without the Go runtime's allocator frames on top (`mallocgc`, `makeslice`, ...),
+/// as the runtime's own heap profiles show them (runtime/pprof hides leading runtime frames):
+/// the innermost frame is then the code that asked for memory. Stacks made only of runtime
+/// frames (the runtime's own allocations) are kept whole.
+fn without_allocator_frames(frames: &Arc<[Frame]>) -> Arc<[Frame]> {
+    match frames.iter().position(|frame| !frame.is_runtime()) {
+        Some(0) | None => frames.clone(),
+        Some(first_user) => frames[first_user..].into(),
     }
 }
 
@@ -163,5 +180,36 @@ impl Metric {
             Metric::AllocSpace | Metric::InuseSpace => "bytes",
             Metric::AllocObjects | Metric::InuseObjects => "objects",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(function: &str) -> Frame {
+        Frame {
+            function: function.into(),
+            file: String::new(),
+            line: 1,
+            inlined: false,
+        }
+    }
+
+    #[test]
+    fn allocator_frames_are_hidden_like_runtime_pprof_does() {
+        let stack: Arc<[Frame]> = vec![
+            frame("runtime.mallocgc"),
+            frame("runtime.makeslice"),
+            frame("main.leak"),
+            frame("runtime.goexit"),
+        ]
+        .into();
+        let trimmed = without_allocator_frames(&stack);
+        let names: Vec<&str> = trimmed.iter().map(|f| f.function.as_str()).collect();
+        assert_eq!(names, ["main.leak", "runtime.goexit"]);
+        let runtime_only: Arc<[Frame]> =
+            vec![frame("runtime.malg"), frame("runtime.newproc1")].into();
+        assert_eq!(without_allocator_frames(&runtime_only), runtime_only);
     }
 }

@@ -3,11 +3,12 @@
 // An in-process load generator sends requests (no network) to a pool of workers. Each request
 // allocates short-lived buffers (churn), looks its result up in a bounded LRU cache (steady
 // memory), and registers the caller's session in a global map that is never cleaned up: the
-// leak (the allocation marked SITE:leak).
+// leak (the allocation marked SITE:leak). With -fixed, sessions expire after a second: the same
+// service without the leak (a base line for `memtrace diff`).
 //
 // Usage:
 //
-//	demo [-duration D] [-rate R] [-workers W]
+//	demo [-duration D] [-rate R] [-workers W] [-fixed]
 //
 // It runs for -duration (default 60s) or until SIGINT/SIGTERM, and prints one line per second:
 //
@@ -52,6 +53,9 @@ type session struct {
 var (
 	sessionsMu sync.Mutex
 	sessions   = map[int]*session{}
+	// expireSessions is the -fixed flag; sessionCalls counts trackSession calls.
+	expireSessions bool
+	sessionCalls   int
 )
 
 // lruCache keeps at most cacheCapacity rendered pages; the oldest is evicted first.
@@ -113,6 +117,14 @@ func trackSession(userID int, path string) {
 		sessions[userID] = s
 	}
 	s.history = append(s.history, path) // SITE:sessionHistory
+	sessionCalls++
+	if expireSessions && sessionCalls%256 == 0 {
+		for id, old := range sessions {
+			if time.Since(old.created) > time.Second {
+				delete(sessions, id)
+			}
+		}
+	}
 }
 
 // render builds the response page; the buffer is garbage as soon as the request is done.
@@ -142,9 +154,10 @@ func main() {
 	duration := flag.Duration("duration", 60*time.Second, "how long to run (0: until SIGINT or SIGTERM)")
 	rate := flag.Int("rate", 2000, "requests per second")
 	workers := flag.Int("workers", 4, "worker goroutines")
+	flag.BoolVar(&expireSessions, "fixed", false, "expire sessions after a second (no leak)")
 	flag.Parse()
 	if flag.NArg() != 0 || *rate < 1 || *workers < 1 {
-		fmt.Fprintln(os.Stderr, "usage: demo [-duration D] [-rate R] [-workers W]")
+		fmt.Fprintln(os.Stderr, "usage: demo [-duration D] [-rate R] [-workers W] [-fixed]")
 		os.Exit(2)
 	}
 
