@@ -631,8 +631,11 @@ impl ProgressLine {
             self.drawn = true;
         } else if self
             .last_logged
-            .is_none_or(|at| at.elapsed() >= PROGRESS_LOG_INTERVAL)
+            .get_or_insert_with(Instant::now)
+            .elapsed()
+            >= PROGRESS_LOG_INTERVAL
         {
+            // Logs (a DaemonSet's, a CI job's): a line now and then, not every second.
             let _ = writeln!(stderr, "memtrace: {text}");
             self.last_logged = Some(Instant::now());
         }
@@ -687,6 +690,8 @@ impl GoroutineScanner {
                     recorder.flush_if_full();
                 }
             }
+            // The target just exited: not a failure (the exit is seen through its pidfd).
+            Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {}
             Err(error) => {
                 if let Some(recorder) = recorder {
                     recorder.entry(&Entry::ScanFailed { ts_ns: now });

@@ -138,3 +138,45 @@ fn usage_errors_are_code_2() {
     let output = memtrace(&["--pid", "12", "--duration", "forever"]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+const CORRUPT_TRACE: i32 = 7;
+
+#[test]
+fn trace_files_that_are_not_traces() {
+    let dir = std::env::temp_dir().join(format!("memtrace-bad-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "not a trace\n").unwrap();
+    let empty = dir.join("empty.mtr");
+    std::fs::write(&empty, b"").unwrap();
+    for file in [&text, &empty] {
+        let path = file.to_str().unwrap();
+        let (code, line) = error_of(&memtrace(&["report", path]));
+        assert_eq!(code, Some(CORRUPT_TRACE), "{line}");
+        assert!(line.contains("not a memtrace trace"), "{line}");
+        let (code, line) = error_of(&memtrace(&["diff", path, path]));
+        assert_eq!(code, Some(CORRUPT_TRACE), "{line}");
+    }
+    let missing = dir.join("missing.mtr");
+    let (code, line) = error_of(&memtrace(&["report", missing.to_str().unwrap()]));
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.contains("No such file"), "{line}");
+    // A JSON file that is not a report.
+    let json = dir.join("other.json");
+    std::fs::write(&json, "{\"hello\": 1}").unwrap();
+    let json = json.to_str().unwrap();
+    let (code, line) = error_of(&memtrace(&["diff", json, json]));
+    assert_eq!(code, Some(CORRUPT_TRACE), "{line}");
+    assert!(line.contains("not a memtrace JSON report"), "{line}");
+    // Nothing is written where a trace cannot be created, and the target is not touched.
+    let (code, line) = error_of(&memtrace(&[
+        "record",
+        "-o",
+        "/nonexistent-dir/trace.mtr",
+        "--pid",
+        "1",
+    ]));
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.contains("creating /nonexistent-dir/trace.mtr"), "{line}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -104,17 +104,33 @@ fn is_system_start(function: &str) -> bool {
         )
 }
 
+/// One goroutine memtrace knows alive. Kept small: programs have hundreds of thousands, and
+/// goroutine-heavy ones create that many a second.
 #[derive(Clone, Copy, Debug)]
 struct LiveGoroutine {
     g: u64,
-    /// CLOCK_MONOTONIC ns; `None` when its creation was not seen (before attach).
-    created_ns: Option<u64>,
+    /// CLOCK_MONOTONIC ns of its creation; 0 when it was not seen (before attach).
+    created_ns: u64,
+    origin: u32,
+    /// From the last scan (alive statuses fit a byte); [`NOT_SCANNED`] before the first scan
+    /// that found it.
+    status: u8,
+    wait_reason: u8,
     /// Found by the first scan (before attach) rather than a later one.
     found_first: bool,
-    origin: u32,
-    /// From the last scan; `None` before the first scan that found it.
-    status: Option<u32>,
-    wait_reason: u8,
+}
+const _: () = assert!(size_of::<LiveGoroutine>() == 24);
+
+const NOT_SCANNED: u8 = u8::MAX;
+
+impl LiveGoroutine {
+    fn created(&self) -> Option<u64> {
+        (self.created_ns != 0).then_some(self.created_ns)
+    }
+
+    fn status(&self) -> Option<u32> {
+        (self.status != NOT_SCANNED).then_some(u32::from(self.status))
+    }
 }
 
 /// One group of long-lived goroutines at the last scan.
@@ -255,7 +271,7 @@ impl Goroutines {
     pub fn live_unknown_age(&self) -> usize {
         self.live
             .values()
-            .filter(|g| g.created_ns.is_none() && !self.origins[g.origin as usize].system)
+            .filter(|g| g.created().is_none() && !self.origins[g.origin as usize].system)
             .count()
     }
 
@@ -363,16 +379,16 @@ impl Goroutines {
             event.goid,
             LiveGoroutine {
                 g: event.g,
-                created_ns: Some(event.ts_ns),
+                created_ns: event.ts_ns.max(1),
                 found_first: false,
                 origin,
-                status: None,
+                status: NOT_SCANNED,
                 wait_reason: 0,
             },
         );
         if let Some(found) = previous {
             // A scan found it before its record arrived: undo that count.
-            if found.created_ns.is_none() && !system {
+            if found.created().is_none() && !system {
                 let counter = if found.found_first {
                     &mut self.before_attach
                 } else {
@@ -430,7 +446,8 @@ impl Goroutines {
                 continue;
             }
             if let Some(live) = self.live.get_mut(&state.goid) {
-                live.status = Some(state.status);
+                // Alive statuses are below 16.
+                live.status = state.status as u8;
                 live.wait_reason = state.wait_reason;
                 continue;
             }
@@ -446,10 +463,10 @@ impl Goroutines {
                 state.goid,
                 LiveGoroutine {
                     g: state.g,
-                    created_ns: None,
+                    created_ns: 0,
                     found_first: first,
                     origin,
-                    status: Some(state.status),
+                    status: state.status as u8,
                     wait_reason: state.wait_reason,
                 },
             );
@@ -464,12 +481,14 @@ impl Goroutines {
         // Members per group: (goid, created_ns, blocked).
         let mut members: HashMap<GroupKey, Vec<(u64, Option<u64>, bool)>> = HashMap::new();
         for (&goid, live) in &self.live {
-            let Some(status) = live.status else { continue };
+            let Some(status) = live.status() else {
+                continue;
+            };
             if self.origins[live.origin as usize].system {
                 continue;
             }
             if live
-                .created_ns
+                .created()
                 .is_some_and(|created| now_ns.saturating_sub(created) < min_age_ns)
             {
                 continue;
@@ -480,7 +499,7 @@ impl Goroutines {
             };
             members.entry(key).or_default().push((
                 goid,
-                live.created_ns,
+                live.created(),
                 status::is_blocked(status),
             ));
         }
