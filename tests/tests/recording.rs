@@ -326,6 +326,30 @@ fn go_tool_pprof_reads_the_profiles() {
         assert!(!rows[0].contains("runtime."), "{sample_index}: {rows:#?}");
     }
 
+    // Folded stacks and the flame graph, from the same file.
+    let folded = recording.dir.join("inuse.folded");
+    let svg = recording.dir.join("inuse.svg");
+    let output = report(
+        &recording.trace,
+        &[
+            "--folded",
+            folded.to_str().unwrap(),
+            "--flamegraph",
+            svg.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let folded = std::fs::read_to_string(&folded).unwrap();
+    assert!(
+        folded.lines().any(|line| {
+            let (stack, value) = line.rsplit_once(' ').unwrap();
+            stack.ends_with(";main.trackSession") && value.parse::<u64>().unwrap() > 0
+        }),
+        "{folded}"
+    );
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<?xml") && svg.contains("main.trackSession"));
+
     // From a live session, on a program whose leak is most of its live heap: the leaking
     // site tops inuse_space.
     let _serial = common::serialize();
