@@ -489,7 +489,7 @@ impl Analysis {
     }
 
     fn gc(&mut self, gc: &GcEvent) {
-        let cycle = gc.cycle.unwrap_or(self.cycle + 1);
+        let cycle = gc.cycle.unwrap_or(self.cycle.saturating_add(1));
         if self.gc_cycles.is_empty() && cycle > 1 {
             // Attached to a running program: the objects sampled so far were allocated in the
             // epoch this cycle ends, not in epoch 0.

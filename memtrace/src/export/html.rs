@@ -151,19 +151,7 @@ fn header(out: &mut String, report: &Report) -> fmt::Result {
         )?;
     }
     if let Some(rate) = &report.mem_profile_rate {
-        fact(
-            "runtime.MemProfileRate",
-            &format!(
-                "{} → {}, {}",
-                rate.original,
-                rate.written.map_or("unchanged".into(), |w| w.to_string()),
-                if rate.restored {
-                    "restored"
-                } else {
-                    "NOT restored"
-                }
-            ),
-        )?;
+        fact("runtime.MemProfileRate", &rate.describe())?;
     }
     let a = &report.allocations;
     let mut allocations = format!(

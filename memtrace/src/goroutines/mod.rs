@@ -521,7 +521,8 @@ impl Goroutines {
                 .or_insert_with(|| vec![(t, list.len() as u32)]);
             let window_start_s = series.first().map_or(t, |p| p.0);
             let window_s = t - window_start_s;
-            let half_ns = first_scan_ns + ((window_start_s + window_s / 2.0) * 1e9) as u64;
+            let half_ns =
+                first_scan_ns.saturating_add(((window_start_s + window_s / 2.0) * 1e9) as u64);
             // Oldest first; unknown ages are older than any known one.
             list.sort_by_key(|&(goid, created, _)| (created.unwrap_or(0), goid));
             let oldest_age_s = list
