@@ -397,8 +397,7 @@ fn trace(args: &TraceArgs, output: &OutputArgs, record: Option<&Path>) -> anyhow
     if launched {
         eprint!("{text}");
     } else {
-        print!("{text}");
-        std::io::stdout().flush().ok();
+        print_text(&text);
     }
     write_outputs(output, &outcome.report, &outcome.analysis)?;
     if let Some(summary) = &outcome.recording {
@@ -474,8 +473,7 @@ fn report(args: &ReportArgs) -> anyhow::Result<i32> {
         args.output.lifetimes.is_some(),
         args.output.top,
     )?;
-    print!("{}", replay.report.to_text(args.output.top));
-    std::io::stdout().flush().ok();
+    print_text(&replay.report.to_text(args.output.top));
     write_outputs(&args.output, &replay.report, &replay.analysis)?;
     let problems = trace_problems(&replay);
     if problems.is_empty() {
@@ -528,8 +526,7 @@ fn diff_recordings(args: &DiffArgs) -> anyhow::Result<i32> {
         max_goroutine_growth: args.max_goroutine_growth,
     };
     let result = diff::diff(&base, &head, &gate);
-    print!("{}", result.to_text(args.top));
-    std::io::stdout().flush().ok();
+    print_text(&result.to_text(args.top));
     if let Some(path) = &args.json {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
         serde_json::to_writer_pretty(std::io::BufWriter::new(file), &result)
@@ -540,6 +537,15 @@ fn diff_recordings(args: &DiffArgs) -> anyhow::Result<i32> {
     } else {
         exit_code::REGRESSION
     })
+}
+
+/// Prints a report on stdout. A closed pipe (`memtrace report f.mtr | head`) is not an error
+/// worth more than the reader's choice to stop reading; `print!` would panic on it.
+fn print_text(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
 }
 
 /// Writes the exports the user asked for.
