@@ -629,10 +629,7 @@ impl ProgressLine {
         if stderr.is_terminal() {
             let _ = write!(stderr, "\r\x1b[2K{text}");
             self.drawn = true;
-        } else if self
-            .last_logged
-            .get_or_insert_with(Instant::now)
-            .elapsed()
+        } else if self.last_logged.get_or_insert_with(Instant::now).elapsed()
             >= PROGRESS_LOG_INTERVAL
         {
             // Logs (a DaemonSet's, a CI job's): a line now and then, not every second.
