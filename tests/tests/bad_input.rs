@@ -177,6 +177,9 @@ fn trace_files_that_are_not_traces() {
         "1",
     ]));
     assert_eq!(code, Some(1), "{line}");
-    assert!(line.contains("creating /nonexistent-dir/trace.mtr"), "{line}");
+    assert!(
+        line.contains("creating /nonexistent-dir/trace.mtr"),
+        "{line}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
