@@ -31,7 +31,7 @@ use memtrace::{
         reader::{DamageKind, TraceReader},
         replay::{replay_from, Replay, ReplayOptions},
         writer::Recorder,
-        ChunkFrame, ChunkKind, TraceHeader, FORMAT_VERSION, MAGIC,
+        ChunkFrame, ChunkKind, TraceHeader,
     },
 };
 use memtrace_common::TargetStats;
@@ -127,14 +127,7 @@ pub fn header_params(header: &TraceHeader) -> [u8; PARAMS_BYTES] {
 
 /// The file header, as the writer writes it.
 pub fn file_header(header: &TraceHeader) -> Vec<u8> {
-    let json = serde_json::to_vec(header).expect("a header serializes");
-    let mut bytes = Vec::with_capacity(20 + json.len());
-    bytes.extend_from_slice(&MAGIC);
-    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
-    bytes.extend_from_slice(&json);
-    bytes
+    memtrace::trace::encode_header(header).expect("a header serializes")
 }
 
 /// What is wrong with a chunk [`build_trace`] frames on purpose.

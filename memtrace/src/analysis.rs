@@ -78,12 +78,14 @@ pub struct StackStats {
     pub bytes: f64,
     pub live_objects: f64,
     pub live_bytes: f64,
-    /// Estimated objects and bytes that a completed GC found reachable: sampled objects still
-    /// live at the last GC cycle that were allocated before the one before it, so that every
-    /// one of them survived a whole mark (garbage not swept yet is not counted). Go's own heap
-    /// profile reports in-use memory as of a completed GC the same way.
-    pub settled_objects: f64,
-    pub settled_bytes: f64,
+}
+
+/// Estimated objects and bytes of one stack that a completed GC found reachable (see
+/// [`Analysis::settled_by_stack`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Settled {
+    pub objects: f64,
+    pub bytes: f64,
 }
 
 /// Live-object facts of one site, gathered over the live set.
@@ -380,8 +382,6 @@ impl Analysis {
             bytes: 0.0,
             live_objects: 0.0,
             live_bytes: 0.0,
-            settled_objects: 0.0,
-            settled_bytes: 0.0,
         });
         (site, id)
     }
@@ -499,7 +499,6 @@ impl Analysis {
             }
         }
         self.cycle = cycle;
-        self.settle();
         self.gc_cycles.push(*gc);
         let at = self.seconds(gc.ts_ns);
         for site in &mut self.sites {
@@ -512,25 +511,25 @@ impl Analysis {
         }
     }
 
-    /// Recomputes each stack's in-use estimate as of a completed GC (see
-    /// [`StackStats::settled_bytes`]). The probe fires as cycle N's sweep starts; the sweep of
-    /// N-1 ended before N began, so objects from before event N-2 (before N-1 started) that
-    /// are still tracked survived the mark of N-1.
-    fn settle(&mut self) {
-        for stack in &mut self.stack_stats {
-            stack.settled_objects = 0.0;
-            stack.settled_bytes = 0.0;
-        }
+    /// Each stack's in-use estimate as of a completed GC, indexed by stack id: the sampled
+    /// objects still tracked that were allocated before GC cycle N-1 began, N being the last
+    /// cycle seen. The GC probe fires as cycle N's sweep starts, and the sweep of N-1 ended
+    /// before N began, so every one of them survived the mark of N-1: garbage the sweeper has
+    /// not reached yet is not counted. Go's own heap profile reports in-use memory as of a
+    /// completed GC the same way. Computed on demand (exports), not at every cycle.
+    pub fn settled_by_stack(&self) -> Vec<Settled> {
+        let mut settled = vec![Settled::default(); self.stack_stats.len()];
         let interval = self.sample_interval_bytes();
         for object in self.live.values() {
             if u64::from(object.cycle) + 3 > self.cycle {
                 continue;
             }
             let weight = 1.0 / sample_probability(u64::from(object.size), interval);
-            let stack = &mut self.stack_stats[object.stack as usize];
-            stack.settled_objects += weight;
-            stack.settled_bytes += weight * f64::from(object.size);
+            let stack = &mut settled[object.stack as usize];
+            stack.objects += weight;
+            stack.bytes += weight * f64::from(object.size);
         }
+        settled
     }
 
     /// Sampled objects being tracked.

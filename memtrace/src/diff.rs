@@ -43,7 +43,8 @@ use serde::Serialize;
 use crate::{
     analysis::sample_probability,
     report::{
-        human_bytes, human_count, location, GoroutineGroupReport, LeakSuspect, Lifetimes, Report,
+        human_bytes, human_count, location, short_path, GoroutineGroupReport, LeakSuspect,
+        Lifetimes, Report,
     },
 };
 
@@ -1034,16 +1035,6 @@ fn count_matches(pairs: &[Pair]) -> MatchCounts {
         }
     }
     counts
-}
-
-/// The last two components of a path: builds in different directories still match.
-fn short_path(file: &str) -> String {
-    let mut parts = file.rsplit('/');
-    match (parts.next(), parts.next()) {
-        (Some(name), Some(dir)) => format!("{dir}/{name}"),
-        (Some(name), None) => name.to_string(),
-        _ => String::new(),
-    }
 }
 
 /// What one report says about one site.

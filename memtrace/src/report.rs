@@ -911,9 +911,18 @@ pub fn location(file: &str, line: u32) -> String {
     if file.is_empty() {
         return String::new();
     }
-    let short = file.rsplit('/').take(2).collect::<Vec<_>>();
-    let short: Vec<&str> = short.into_iter().rev().collect();
-    format!("{}:{line}", short.join("/"))
+    format!("{}:{line}", short_path(file))
+}
+
+/// The last two components of a path ("app/main.go"): what tells files apart in a report, and
+/// what stays the same for builds in different directories.
+pub fn short_path(file: &str) -> String {
+    let mut parts = file.rsplit('/');
+    match (parts.next(), parts.next()) {
+        (Some(name), Some(dir)) => format!("{dir}/{name}"),
+        (Some(name), None) => name.to_string(),
+        _ => String::new(),
+    }
 }
 
 /// The site table of the report and the live view.

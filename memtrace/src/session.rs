@@ -506,7 +506,7 @@ async fn event_loop(
                         }
                         recorder.entry(&Entry::Stats(Box::new(StatsSnapshot { ts_ns: monotonic_ns(), stats, global_counters: global_counters.to_vec() })));
                     }
-                    recorder.symbols(analysis.symbolizer_mut().take_new_symbols());
+                    // (Symbols went with the events that needed them, in `drain` and `scan`.)
                     recorder.flush();
                 }
             }
@@ -683,8 +683,7 @@ impl GoroutineScanner {
                 if let Some(recorder) = recorder {
                     recorder.load_bias(bias);
                     recorder.event(&event);
-                    recorder.symbols(analysis.symbolizer_mut().take_new_symbols());
-                    recorder.flush_if_full();
+                    record_new_symbols(recorder, analysis);
                 }
             }
             // The target just exited: not a failure (the exit is seen through its pidfd).
@@ -700,6 +699,13 @@ impl GoroutineScanner {
             }
         }
     }
+}
+
+/// Hands the symbols the analysis just learned to the recording, in the same flush as the
+/// events that needed them; then the chunk, if it is full.
+fn record_new_symbols(recorder: &mut Recorder, analysis: &mut Analysis) {
+    recorder.symbols(analysis.symbolizer_mut().take_new_symbols());
+    recorder.flush_if_full();
 }
 
 /// Reads every queued record into the analysis; writes the sampling rate once the runtime
@@ -748,8 +754,7 @@ fn drain(
         }
     }
     if let Some(recorder) = recorder {
-        recorder.symbols(analysis.symbolizer_mut().take_new_symbols());
-        recorder.flush_if_full();
+        record_new_symbols(recorder, analysis);
     }
     Ok(())
 }

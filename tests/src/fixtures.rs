@@ -220,6 +220,16 @@ pub fn memtrace_bin() -> PathBuf {
     }
 }
 
+/// A name unique among all runs on this machine right now (this process, and a counter).
+fn unique_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// Whether the tests run in CI (`CI=true`). Root-only tests must then fail, not skip, when
 /// BPF is unavailable.
 pub fn in_ci() -> bool {

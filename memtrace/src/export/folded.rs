@@ -163,29 +163,16 @@ fn xml_escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
-    use crate::export::{SiteFacts, StackProfile};
+    use crate::export::{testing, SiteFacts, StackProfile};
 
     fn frame(function: &str, line: u32, inlined: bool) -> Frame {
-        Frame {
-            function: function.to_owned(),
-            file: "/src/main.go".to_owned(),
-            line,
-            inlined,
-        }
+        testing::frame(function, "/src/main.go", line, inlined)
     }
 
     fn stack(frames: Vec<Frame>, values: [u64; 4]) -> StackProfile {
-        StackProfile {
-            frames: Arc::from(frames),
-            alloc_objects: values[0],
-            alloc_bytes: values[1],
-            inuse_objects: values[2],
-            inuse_bytes: values[3],
-            site: SiteFacts::default(),
-        }
+        testing::stack(frames, values, SiteFacts::default())
     }
 
     fn profile() -> Profile {

@@ -7,9 +7,16 @@ pub mod html;
 pub mod folded;
 pub mod pprof;
 
-use std::sync::Arc;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
-use crate::{analysis::Analysis, report::Report, symbolize::Frame};
+use crate::{
+    analysis::Analysis,
+    report::{AllocSite, Report},
+    symbolize::Frame,
+};
 
 /// What one distinct stack allocated: the unit of profiles and flame graphs.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,7 +27,7 @@ pub struct StackProfile {
     pub alloc_objects: u64,
     pub alloc_bytes: u64,
     /// Sampled mode: estimated objects and bytes reachable at a completed GC (pprof's in-use;
-    /// see [`crate::analysis::StackStats::settled_bytes`]).
+    /// see [`Analysis::settled_by_stack`]).
     pub inuse_objects: u64,
     pub inuse_bytes: u64,
     /// Facts of the stack's allocation site (the innermost frame outside the runtime).
@@ -55,20 +62,28 @@ pub struct Profile {
 impl Profile {
     /// The analysis's stacks, with the facts of their sites from the report built from it.
     pub fn new(analysis: &Analysis, report: &Report) -> Profile {
-        let sites = analysis.sites();
-        let facts: Vec<SiteFacts> = sites
+        // The report's sites and suspects by their key, looked up once per site.
+        let reported: HashMap<(&str, &str, u32), &AllocSite> = report
+            .alloc_sites
+            .iter()
+            .map(|s| ((s.function.as_str(), s.file.as_str(), s.line), s))
+            .collect();
+        let suspects: HashSet<(&str, &str, u32)> = report
+            .leak_suspects
+            .iter()
+            .flatten()
+            .map(|s| (s.function.as_str(), s.file.as_str(), s.line))
+            .collect();
+        let facts: Vec<SiteFacts> = analysis
+            .sites()
             .iter()
             .map(|site| {
-                let reported = report.alloc_sites.iter().find(|s| {
-                    s.function == site.key.function
-                        && s.file == site.key.file
-                        && s.line == site.key.line
-                });
-                let leak_suspect = report.leak_suspects.iter().flatten().any(|s| {
-                    s.function == site.key.function
-                        && s.file == site.key.file
-                        && s.line == site.key.line
-                });
+                let key = (
+                    site.key.function.as_str(),
+                    site.key.file.as_str(),
+                    site.key.line,
+                );
+                let reported = reported.get(&key);
                 let lifetimes = reported
                     .and_then(|s| s.lifetime_ms.as_ref())
                     .filter(|l| l.count > 0);
@@ -77,30 +92,31 @@ impl Profile {
                     lifetime_p99_ms: lifetimes.map(|l| l.p99),
                     oldest_age_s: reported.and_then(|s| s.oldest_age_s).filter(|&a| a > 0.0),
                     max_gc_cycles_survived: reported.and_then(|s| s.max_gc_cycles_survived),
-                    leak_suspect,
+                    leak_suspect: suspects.contains(&key),
                 }
             })
             .collect();
         let has_inuse = report.mode == "sampled";
+        let settled = if has_inuse {
+            analysis.settled_by_stack()
+        } else {
+            Vec::new()
+        };
         let stacks = analysis
             .stacks()
             .iter()
-            .filter(|stack| stack.samples > 0)
-            .map(|stack| StackProfile {
-                frames: without_allocator_frames(&stack.frames),
-                alloc_objects: stack.objects.round() as u64,
-                alloc_bytes: stack.bytes.round() as u64,
-                inuse_objects: if has_inuse {
-                    stack.settled_objects.round() as u64
-                } else {
-                    0
-                },
-                inuse_bytes: if has_inuse {
-                    stack.settled_bytes.round() as u64
-                } else {
-                    0
-                },
-                site: facts[stack.site as usize].clone(),
+            .enumerate()
+            .filter(|(_, stack)| stack.samples > 0)
+            .map(|(id, stack)| {
+                let inuse = settled.get(id).copied().unwrap_or_default();
+                StackProfile {
+                    frames: without_allocator_frames(&stack.frames),
+                    alloc_objects: stack.objects.round() as u64,
+                    alloc_bytes: stack.bytes.round() as u64,
+                    inuse_objects: inuse.objects.round() as u64,
+                    inuse_bytes: inuse.bytes.round() as u64,
+                    site: facts[stack.site as usize].clone(),
+                }
             })
             .collect();
         Profile {
@@ -183,19 +199,43 @@ impl Metric {
     }
 }
 
+/// Builders shared by the export tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::{SiteFacts, StackProfile};
+    use crate::symbolize::Frame;
+
+    pub fn frame(function: &str, file: &str, line: u32, inlined: bool) -> Frame {
+        Frame {
+            function: function.to_owned(),
+            file: file.to_owned(),
+            line,
+            inlined,
+        }
+    }
+
+    /// A stack with `[alloc_objects, alloc_bytes, inuse_objects, inuse_bytes]`.
+    pub fn stack(frames: Vec<Frame>, values: [u64; 4], site: SiteFacts) -> StackProfile {
+        StackProfile {
+            frames: Arc::from(frames),
+            alloc_objects: values[0],
+            alloc_bytes: values[1],
+            inuse_objects: values[2],
+            inuse_bytes: values[3],
+            site,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn frame(function: &str) -> Frame {
-        Frame {
-            function: function.into(),
-            file: String::new(),
-            line: 1,
-            inlined: false,
-        }
+        testing::frame(function, "", 1, false)
     }
-
     #[test]
     fn allocator_frames_are_hidden_like_runtime_pprof_does() {
         let stack: Arc<[Frame]> = vec![

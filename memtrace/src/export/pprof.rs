@@ -380,31 +380,12 @@ impl Message {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashMap, io::Read, sync::Arc};
+    use std::{collections::HashMap, io::Read};
 
     use flate2::read::GzDecoder;
 
     use super::*;
-
-    fn frame(function: &str, file: &str, line: u32, inlined: bool) -> Frame {
-        Frame {
-            function: function.to_owned(),
-            file: file.to_owned(),
-            line,
-            inlined,
-        }
-    }
-
-    fn stack(frames: Vec<Frame>, values: [u64; 4], site: SiteFacts) -> StackProfile {
-        StackProfile {
-            frames: Arc::from(frames),
-            alloc_objects: values[0],
-            alloc_bytes: values[1],
-            inuse_objects: values[2],
-            inuse_bytes: values[3],
-            site,
-        }
-    }
+    use crate::export::testing::{frame, stack};
 
     fn suspect_site() -> SiteFacts {
         SiteFacts {

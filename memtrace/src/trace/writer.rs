@@ -20,7 +20,7 @@ use std::{
 
 use super::{
     codec::{ChunkEncoder, EndInfo, Entry},
-    ChunkFrame, ChunkKind, TraceHeader, FORMAT_VERSION, MAGIC,
+    encode_header, ChunkFrame, ChunkKind, TraceHeader,
 };
 use crate::{events::Event, symbolize::Symbol};
 
@@ -108,13 +108,7 @@ impl Recorder {
     pub fn create(file: &TraceFile, header: &TraceHeader) -> io::Result<Recorder> {
         let path = &file.path;
         let mut file = file.file.try_clone()?;
-        let json = serde_json::to_vec(header).map_err(io::Error::other)?;
-        let mut head = Vec::with_capacity(20 + json.len());
-        head.extend_from_slice(&MAGIC);
-        head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        head.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        head.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
-        head.extend_from_slice(&json);
+        let head = encode_header(header).map_err(io::Error::other)?;
         file.write_all(&head)?;
         let shared = Arc::new(Shared::default());
         shared
@@ -174,30 +168,39 @@ impl Recorder {
 
     /// Hands everything encoded so far to the writer (symbols first).
     pub fn flush(&mut self) {
-        for kind in [ChunkKind::Symbols, ChunkKind::Events] {
-            let encoder = match kind {
-                ChunkKind::Symbols => &mut self.symbols,
-                ChunkKind::Events => &mut self.events,
-            };
-            if encoder.is_empty() {
-                continue;
+        self.hand_over(ChunkKind::Symbols, false);
+        self.hand_over(ChunkKind::Events, false);
+    }
+
+    /// Hands one encoder's chunk to the writer thread: waiting for room when `wait`, else
+    /// dropping the chunk (and counting its events) when the queue is full.
+    fn hand_over(&mut self, kind: ChunkKind, wait: bool) {
+        let encoder = match kind {
+            ChunkKind::Symbols => &mut self.symbols,
+            ChunkKind::Events => &mut self.events,
+        };
+        if encoder.is_empty() {
+            return;
+        }
+        let (raw, records) = encoder.take();
+        if kind == ChunkKind::Events {
+            self.records += u64::from(records);
+        }
+        let Some(sender) = &self.sender else {
+            return;
+        };
+        let job = Job { kind, raw, records };
+        let refused = if wait {
+            sender.send(job).err().map(|error| error.0)
+        } else {
+            match sender.try_send(job) {
+                Ok(()) => None,
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => Some(job),
             }
-            let (raw, records) = encoder.take();
-            if kind == ChunkKind::Events {
-                self.records += u64::from(records);
-            }
-            let Some(sender) = &self.sender else {
-                continue;
-            };
-            match sender.try_send(Job { kind, raw, records }) {
-                Ok(()) => {}
-                Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
-                    // Symbols are written again in full at the end; events are gone.
-                    if job.kind == ChunkKind::Events {
-                        self.dropped_records += u64::from(job.records);
-                    }
-                }
-            }
+        };
+        // Symbols are written again in full at the end; events are gone.
+        if refused.is_some_and(|job| job.kind == ChunkKind::Events) {
+            self.dropped_records += u64::from(records);
         }
     }
 
@@ -217,19 +220,8 @@ impl Recorder {
         end.unrecorded = self.progress().unrecorded;
         self.events.entry(&Entry::End(end));
         // The last chunks wait for room rather than being dropped: the session is over.
-        for kind in [ChunkKind::Symbols, ChunkKind::Events] {
-            let encoder = match kind {
-                ChunkKind::Symbols => &mut self.symbols,
-                ChunkKind::Events => &mut self.events,
-            };
-            let (raw, records) = encoder.take();
-            if kind == ChunkKind::Events {
-                self.records += u64::from(records);
-            }
-            if let Some(sender) = &self.sender {
-                let _ = sender.send(Job { kind, raw, records });
-            }
-        }
+        self.hand_over(ChunkKind::Symbols, true);
+        self.hand_over(ChunkKind::Events, true);
         self.close();
         Summary {
             path: self.path.clone(),
