@@ -44,6 +44,12 @@ pub mod tag {
     pub const RUNTIME_READY: u32 = 5;
     /// A [`GoroutineCreate`](super::GoroutineCreate).
     pub const GOROUTINE_CREATE: u32 = 6;
+    /// A bare [`RecordHeader`](super::RecordHeader) from the `sched_process_exec` raw
+    /// tracepoint (node agent): process `tgid` just executed a new program, any program.
+    pub const PROCESS_EXEC: u32 = 7;
+    /// A bare [`RecordHeader`](super::RecordHeader) from the `sched_process_exit` raw
+    /// tracepoint: the main thread of traced process `tgid` exited.
+    pub const PROCESS_EXIT: u32 = 8;
 }
 
 /// Which allocation entry point a probe sits on. It decides how the probe turns the requested
@@ -81,6 +87,10 @@ pub mod flags {
     pub const TINY_STATE: u32 = 1 << 1;
     /// `runtime.work` and `runtime.gcController` addresses are known (symbols present).
     pub const GC_GLOBALS: u32 = 1 << 2;
+    /// Count goroutine creations but send no records for them: the node agent's overhead
+    /// budget turns records off for a process that creates goroutines faster than its share
+    /// (its goroutines are then found by the periodic scans).
+    pub const NO_GOROUTINE_RECORDS: u32 = 1 << 3;
 }
 
 /// Header of every ring-buffer record.
@@ -216,8 +226,15 @@ pub struct TargetConfig {
     pub g_gopc: u32,
     pub g_startpc: u32,
     pub _pad: u32,
+    /// Least time between two GC records (0: a record per cycle). The node agent thins out
+    /// the records of programs that collect hundreds of times a second; only applied with
+    /// [`flags::GC_GLOBALS`], whose cycle numbers keep the analysis's epochs exact.
+    /// `TargetStats::gc_cycles` still counts every cycle.
+    pub gc_record_gap_ns: u64,
+    /// When the last GC record was sent: the probe's own state, written by the probe.
+    pub last_gc_record_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<TargetConfig>() == 8 * 5 + 4 * 12);
+const _: () = assert!(core::mem::size_of::<TargetConfig>() == 8 * 5 + 4 * 12 + 8 * 2);
 
 /// Exact allocation totals and loss counters of one target on one CPU (a `PerCpuHashMap`
 /// value keyed by tgid). Userspace sums the CPUs.
@@ -288,7 +305,9 @@ pub mod global_counter {
     pub const UNKNOWN_TARGET: u32 = 0;
     /// The `STATS` map was full, so a target's event could not be counted.
     pub const STATS_MAP_FULL: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// A process exec or exit record could not be sent (ring buffer full).
+    pub const PROCESS_EVENTS_LOST: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 #[cfg(feature = "user")]

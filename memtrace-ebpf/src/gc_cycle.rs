@@ -6,7 +6,7 @@ use aya_log_ebpf::debug;
 use memtrace_common::{flags, tag, GcCycle};
 
 use crate::{
-    maps::{submit_flags, EVENTS},
+    maps::{submit_flags, EVENTS, TARGETS},
     target::{current, read},
 };
 
@@ -16,6 +16,20 @@ pub fn gc_cycle(ctx: ProbeContext) -> u32 {
         return 0;
     };
     stats.gc_cycles += 1;
+    if config.gc_record_gap_ns != 0 && config.flags & flags::GC_GLOBALS != 0 {
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if let Some(entry) = TARGETS.get_ptr_mut(tgid) {
+            // SAFETY: the process's own entry; its GC cycles run one at a time, and a
+            // racing userspace update only costs one record more or less.
+            unsafe {
+                if now.wrapping_sub((*entry).last_gc_record_ns) < config.gc_record_gap_ns {
+                    return 0;
+                }
+                (*entry).last_gc_record_ns = now;
+            }
+        }
+    }
     let mut cycle = GcCycle {
         flags: config.flags & flags::GC_GLOBALS,
         ..GcCycle::default()

@@ -16,7 +16,7 @@ use aya_ebpf::{
     macros::uprobe,
     programs::{tracing::StackIdContext, ProbeContext},
 };
-use memtrace_common::{tag, GoroutineCreate};
+use memtrace_common::{flags, tag, GoroutineCreate};
 
 use crate::{
     maps::{submit_flags, EVENTS, GOROUTINE_STACKS, STACK_BY_GO_STATEMENT},
@@ -31,6 +31,9 @@ pub fn goroutine_create(ctx: ProbeContext) -> u32 {
     // SAFETY: the context of a uprobe is its pt_regs.
     let newg = unsafe { (*ctx.regs).rbx };
     stats.goroutines_created += 1;
+    if config.flags & flags::NO_GOROUTINE_RECORDS != 0 {
+        return 0;
+    }
     let go_pc = read::<u64>(stats, newg + config.g_gopc as u64).unwrap_or(0);
     let Some(mut record) = EVENTS.reserve::<GoroutineCreate>(0) else {
         stats.ringbuf_drops += 1;

@@ -1,4 +1,5 @@
-//! memtrace's eBPF programs: uprobes on the Go runtime.
+//! memtrace's eBPF programs: uprobes on the Go runtime, and raw tracepoints on process exec
+//! and exit for the node agent.
 //!
 //! One probe per file. Every program looks its process up in `TARGETS` (written by userspace
 //! before attaching), counts what it sees exactly in per-CPU `STATS`, and sends records that
@@ -15,6 +16,7 @@ mod goroutine_create;
 mod maps;
 mod object_alloc;
 mod object_free;
+mod process_events;
 mod runtime_ready;
 mod stack;
 mod target;
