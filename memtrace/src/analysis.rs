@@ -56,8 +56,9 @@ pub struct Site {
 /// A sampled object that has not died yet. Kept small: memtrace may track millions.
 #[derive(Clone, Copy, Debug)]
 struct LiveObject {
-    /// Index into `Analysis::stack_stats`.
-    stack: u32,
+    /// Index into `Analysis::stack_stats` (low 24 bits) and into `Analysis::intervals` (high
+    /// 8 bits): the sampling interval it was sampled at, which its weight depends on.
+    stack_and_interval: u32,
     /// The GC epoch it was allocated in (see `Analysis::cycle`).
     cycle: u32,
     /// Slot size, saturated at 4 GiB.
@@ -66,6 +67,23 @@ struct LiveObject {
     at_ms: u32,
 }
 const _: () = assert!(size_of::<LiveObject>() == 16);
+
+/// Distinct stacks a live object can refer to (the rest of its word holds the interval index).
+const MAX_TRACKED_STACKS: u32 = 1 << 24;
+
+/// Distinct sampling intervals one analysis tells apart (the node agent's budget changes a
+/// process's rate in powers of two, so a handful is used in practice).
+const MAX_INTERVALS: usize = 256;
+
+impl LiveObject {
+    fn stack(&self) -> u32 {
+        self.stack_and_interval & (MAX_TRACKED_STACKS - 1)
+    }
+
+    fn interval_index(&self) -> usize {
+        (self.stack_and_interval >> 24) as usize
+    }
+}
 
 /// What the samples say about one distinct stack (a site can be reached by several).
 pub struct StackStats {
@@ -154,6 +172,12 @@ impl Sampling {
 pub struct Analysis {
     symbolizer: Symbolizer,
     sampling: Sampling,
+    /// Every sampling interval used so far; a live object's weight uses the one it was
+    /// sampled at, so that a rate changed mid-session (the agent's budget) keeps estimates
+    /// unbiased.
+    intervals: Vec<u64>,
+    /// Index of the current interval in `intervals`.
+    interval_index: usize,
     /// Stack ids by captured stack.
     stacks: HashMap<Vec<u64>, u32>,
     stack_stats: Vec<StackStats>,
@@ -229,6 +253,8 @@ impl Analysis {
         Analysis {
             symbolizer,
             sampling,
+            intervals: vec![sampling.interval_bytes()],
+            interval_index: 0,
             stacks: HashMap::new(),
             stack_stats: Vec::new(),
             site_ids: HashMap::new(),
@@ -262,6 +288,26 @@ impl Analysis {
     /// Changes the heap profiler's rate (the session learns it once the rate is written).
     pub fn set_sampling(&mut self, sampling: Sampling) {
         self.sampling = sampling;
+        let interval = sampling.interval_bytes();
+        self.interval_index = match self.intervals.iter().position(|&known| known == interval) {
+            Some(index) => index,
+            None if self.intervals.len() < MAX_INTERVALS => {
+                self.intervals.push(interval);
+                self.intervals.len() - 1
+            }
+            // Never in practice; the closest known interval keeps weights nearly right.
+            None => self
+                .intervals
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, known)| known.abs_diff(interval))
+                .map_or(0, |(index, _)| index),
+        };
+    }
+
+    /// Sampling intervals used so far, the current one last set (see `set_sampling`).
+    pub fn sampling_intervals(&self) -> &[u64] {
+        &self.intervals
     }
 
     /// Feeds one ring-buffer record.
@@ -438,8 +484,13 @@ impl Analysis {
         let stack = &mut self.stack_stats[stack_id as usize];
         stack.live_objects += weight;
         stack.live_bytes += weight * alloc.slot_size as f64;
+        if stack_id >= MAX_TRACKED_STACKS {
+            // Not tracked to its death (its free will count as unmatched); 16 M distinct
+            // stacks would take gigabytes before this.
+            return;
+        }
         let object = LiveObject {
-            stack: stack_id,
+            stack_and_interval: stack_id | (self.interval_index as u32) << 24,
             cycle: self.cycle as u32,
             size: alloc.slot_size.min(u32::MAX as u64) as u32,
             at_ms: (self.seconds(alloc.ts_ns) * 1000.0) as u32,
@@ -451,10 +502,16 @@ impl Analysis {
         }
     }
 
-    /// Removes a live object from its site's live estimates; returns its weight.
+    /// How many objects a live sample stands for, at the interval it was sampled at.
+    fn weight_of(&self, object: &LiveObject) -> f64 {
+        let interval = self.intervals[object.interval_index()];
+        1.0 / sample_probability(u64::from(object.size), interval)
+    }
+
+    /// Removes a live object from its site's live estimates.
     fn forget(&mut self, object: LiveObject) {
-        let weight = 1.0 / sample_probability(object.size as u64, self.sample_interval_bytes());
-        let stack = &mut self.stack_stats[object.stack as usize];
+        let weight = self.weight_of(&object);
+        let stack = &mut self.stack_stats[object.stack() as usize];
         stack.live_objects = (stack.live_objects - weight).max(0.0);
         stack.live_bytes = (stack.live_bytes - weight * object.size as f64).max(0.0);
         let site = &mut self.sites[stack.site as usize];
@@ -472,7 +529,7 @@ impl Analysis {
         let lifetime_ms =
             ((self.seconds(free.ts_ns) * 1000.0) as u64).saturating_sub(object.at_ms as u64);
         let survived = self.cycle.saturating_sub(object.cycle as u64 + 1);
-        let site_id = self.stack_stats[object.stack as usize].site;
+        let site_id = self.stack_stats[object.stack() as usize].site;
         let site = &mut self.sites[site_id as usize];
         let _ = site.lifetimes_ms.record(lifetime_ms);
         site.max_cycles_survived_dead = site.max_cycles_survived_dead.max(survived);
@@ -519,13 +576,12 @@ impl Analysis {
     /// completed GC the same way. Computed on demand (exports), not at every cycle.
     pub fn settled_by_stack(&self) -> Vec<Settled> {
         let mut settled = vec![Settled::default(); self.stack_stats.len()];
-        let interval = self.sample_interval_bytes();
         for object in self.live.values() {
             if u64::from(object.cycle) + 3 > self.cycle {
                 continue;
             }
-            let weight = 1.0 / sample_probability(u64::from(object.size), interval);
-            let stack = &mut settled[object.stack as usize];
+            let weight = self.weight_of(object);
+            let stack = &mut settled[object.stack() as usize];
             stack.objects += weight;
             stack.bytes += weight * f64::from(object.size);
         }
@@ -543,7 +599,7 @@ impl Analysis {
         let now_ms = self.seconds(self.last_ns) * 1000.0;
         let mut summaries = vec![LiveSummary::default(); self.sites.len()];
         for object in self.live.values() {
-            let site = self.stack_stats[object.stack as usize].site;
+            let site = self.stack_stats[object.stack() as usize].site;
             let summary = &mut summaries[site as usize];
             if (object.at_ms as f64) < now_ms / 2.0 {
                 summary.first_half += 1;
@@ -682,6 +738,56 @@ mod tests {
         assert!((p - (1.0 - (-1.0f64).exp())).abs() < 1e-12);
         assert_eq!(sample_probability(100, 1), 1.0);
         assert!(sample_probability(1, 1 << 20) > 0.0);
+    }
+
+    fn object(ptr: u64, slot_size: u64, ts_ns: u64) -> Event {
+        Event::ObjectAlloc(AllocEvent {
+            pid: 1,
+            ts_ns,
+            size: slot_size,
+            slot_size,
+            class: memtrace_common::class::PROFILED,
+            goid: 1,
+            ptr,
+            header_word: 0,
+            stack: vec![0x1000],
+        })
+    }
+
+    fn free(ptr: u64, size: u64, ts_ns: u64) -> Event {
+        Event::ObjectFree(FreeEvent {
+            pid: 1,
+            ts_ns,
+            ptr,
+            size,
+        })
+    }
+
+    #[test]
+    fn a_rate_change_keeps_each_object_at_its_own_weight() {
+        let rate = |bytes| Sampling::HeapProfiler { rate_bytes: bytes };
+        let mut analysis = Analysis::new(Symbolizer::recorded([]), rate(512 * 1024));
+        analysis.event(&object(0x10, 4096, 1), 0);
+        let first = analysis.sites()[0].live_bytes;
+        // The agent's budget raises the rate: later samples stand for more bytes.
+        analysis.set_sampling(rate(8 << 20));
+        analysis.event(&object(0x20, 4096, 2), 0);
+        let both = analysis.sites()[0].live_bytes;
+        let second = both - first;
+        assert!((second / first - 16.0).abs() < 0.1, "{first} then {second}");
+        // Each death takes away exactly what its sample added, whatever the rate is now.
+        analysis.set_sampling(rate(1 << 20));
+        analysis.event(&free(0x20, 4096, 3), 0);
+        assert!((analysis.sites()[0].live_bytes - first).abs() < 1e-6);
+        analysis.event(&free(0x10, 4096, 4), 0);
+        assert!(analysis.sites()[0].live_bytes.abs() < 1e-6);
+        assert_eq!(
+            analysis.sampling_intervals(),
+            [512 * 1024, 8 << 20, 1 << 20]
+        );
+        // A rate seen before reuses its entry.
+        analysis.set_sampling(rate(8 << 20));
+        assert_eq!(analysis.sampling_intervals().len(), 3);
     }
 
     #[test]

@@ -7,8 +7,8 @@ use aya::{
         Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf, StackTraceMap,
     },
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
-        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
+        RawTracePoint, UProbe,
     },
     util::nr_cpus,
     Ebpf, EbpfLoader,
@@ -74,6 +74,26 @@ impl Program {
     }
 }
 
+/// The raw tracepoints that report process exec and exit (node agent).
+const PROCESS_EVENT_PROGRAMS: [(&str, &str); 2] = [
+    ("process_exec", "sched_process_exec"),
+    ("process_exit", "sched_process_exit"),
+];
+
+/// Probes attached together (for one binary), detached together.
+#[derive(Default)]
+pub struct ProbeLinks(Vec<(&'static str, UProbeLinkId)>);
+
+impl ProbeLinks {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The loaded eBPF object.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -128,6 +148,14 @@ impl Tracer {
             .map_err(|e| bpf_error("loading the eBPF programs", e))?;
         for name in Program::ALL.map(Program::name) {
             let program: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::BpfUnavailable(format!("program {name} missing")))?
+                .try_into()
+                .map_err(|e| bpf_error(name, e))?;
+            program.load().map_err(|e| bpf_error(name, e))?;
+        }
+        for (name, _) in PROCESS_EVENT_PROGRAMS {
+            let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| Error::BpfUnavailable(format!("program {name} missing")))?
                 .try_into()
@@ -193,6 +221,55 @@ impl Tracer {
         self.set_target_config(pid, config)
     }
 
+    /// Forgets a process: its configuration and counters. Its probes then ignore it (and
+    /// count its hits as of an unknown target), and a new process with the same pid starts
+    /// from zero.
+    pub fn remove_target(&mut self, pid: u32) -> Result<()> {
+        let mut targets: HashMap<_, u32, TargetConfig> =
+            HashMap::try_from(self.map_mut("TARGETS")?).map_err(|e| bpf_error("TARGETS", e))?;
+        let removed = targets.remove(&pid);
+        let mut stats: PerCpuHashMap<_, u32, TargetStats> =
+            PerCpuHashMap::try_from(self.map_mut("STATS")?).map_err(|e| bpf_error("STATS", e))?;
+        // A missing entry is fine (never added, or removed already); other failures are not.
+        for result in [removed, stats.remove(&pid)] {
+            match result {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(error) => return Err(bpf_error("removing a target", error)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The pids that have a `TARGETS` or `STATS` entry (for leak checks: each should be a
+    /// process memtrace traces).
+    pub fn target_entries(&self) -> Result<Vec<u32>> {
+        let targets: HashMap<_, u32, TargetConfig> =
+            HashMap::try_from(self.map("TARGETS")?).map_err(|e| bpf_error("TARGETS", e))?;
+        let stats: PerCpuHashMap<_, u32, TargetStats> =
+            PerCpuHashMap::try_from(self.map("STATS")?).map_err(|e| bpf_error("STATS", e))?;
+        let mut pids: Vec<u32> = targets.keys().chain(stats.keys()).flatten().collect();
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
+    }
+
+    /// Attaches the raw tracepoints that report every exec and the exits of traced processes.
+    pub fn attach_process_events(&mut self) -> Result<()> {
+        for (name, tracepoint) in PROCESS_EVENT_PROGRAMS {
+            let program: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::BpfUnavailable(format!("program {name} missing")))?
+                .try_into()
+                .map_err(|e| bpf_error(name, e))?;
+            // Detached when the program is dropped with the Ebpf object.
+            program
+                .attach(tracepoint)
+                .map_err(|e| bpf_error(&format!("attaching to {tracepoint}"), e))?;
+        }
+        Ok(())
+    }
+
     /// Replaces a target's configuration (its counters stay).
     pub fn set_target_config(&mut self, pid: u32, config: TargetConfig) -> Result<()> {
         let mut targets: HashMap<_, u32, TargetConfig> =
@@ -215,6 +292,34 @@ impl Tracer {
         let scope = UProbeScope::OneProcess(
             std::num::NonZeroU32::new(pid).ok_or(Error::NoSuchProcess(pid))?,
         );
+        let mut links = ProbeLinks::default();
+        let attached = self.attach_scoped(program, sites, binary, scope, &mut links);
+        // Whatever was attached is detached with the session, also after a failure.
+        self.links.append(&mut links.0);
+        attached
+    }
+
+    /// Attaches `program` to each site of `binary` for every process that runs that file
+    /// (the node agent: one set of probes per binary; `TARGETS` filters by pid). The links
+    /// go into `links`, also those made before a failure.
+    pub fn attach_shared(
+        &mut self,
+        program: Program,
+        sites: &[&ProbeSite],
+        binary: &Path,
+        links: &mut ProbeLinks,
+    ) -> Result<()> {
+        self.attach_scoped(program, sites, binary, UProbeScope::AllProcesses, links)
+    }
+
+    fn attach_scoped(
+        &mut self,
+        program: Program,
+        sites: &[&ProbeSite],
+        binary: &Path,
+        scope: UProbeScope,
+        links: &mut ProbeLinks,
+    ) -> Result<()> {
         let name = program.name();
         for site in sites {
             let uprobe: &mut UProbe = self
@@ -230,9 +335,36 @@ impl Tracer {
             let link = uprobe
                 .attach(point, binary, scope)
                 .map_err(|e| bpf_error(&format!("attaching to {}", site.function), e))?;
-            self.links.push((name, link));
+            links.0.push((name, link));
         }
         Ok(())
+    }
+
+    /// Hands `links` to the tracer: [`Tracer::detach_all`] (or drop) detaches them.
+    pub fn adopt(&mut self, links: ProbeLinks) {
+        self.links.extend(links.0);
+    }
+
+    /// Detaches `links` on a thread of their own: closing a uprobe waits for an RCU grace
+    /// period, which the agent's event loop must not sit through.
+    pub fn detach_in_background(&mut self, links: ProbeLinks) {
+        let links = self.take_links(links.0);
+        if !links.is_empty() {
+            std::thread::spawn(move || drop(links));
+        }
+    }
+
+    fn take_links(&mut self, ids: Vec<(&'static str, UProbeLinkId)>) -> Vec<UProbeLink> {
+        let mut links = Vec::with_capacity(ids.len());
+        for (program, link_id) in ids {
+            if let Some(Ok(uprobe)) = self.ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
+                match uprobe.take_link(link_id) {
+                    Ok(link) => links.push(link),
+                    Err(error) => log::warn!("cannot detach a probe of {program}: {error}"),
+                }
+            }
+        }
+        links
     }
 
     /// Removes every probe. Also happens on drop.
@@ -241,15 +373,8 @@ impl Tracer {
     /// links are closed in parallel; the kernel still serializes most of that work (measured:
     /// 18 probes take 1.6 s instead of 1.9 s).
     pub fn detach_all(&mut self) {
-        let mut links = Vec::with_capacity(self.links.len());
-        for (program, link_id) in self.links.drain(..) {
-            if let Some(Ok(uprobe)) = self.ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
-                match uprobe.take_link(link_id) {
-                    Ok(link) => links.push(link),
-                    Err(error) => log::warn!("cannot detach a probe of {program}: {error}"),
-                }
-            }
-        }
+        let ids = std::mem::take(&mut self.links);
+        let links = self.take_links(ids);
         std::thread::scope(|scope| {
             for link in links {
                 scope.spawn(move || drop(link));

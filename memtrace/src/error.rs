@@ -22,13 +22,15 @@ pub mod exit_code {
     pub const NOT_SAMPLING: i32 = 10;
     /// `memtrace diff`: a gate threshold was exceeded.
     pub const REGRESSION: i32 = 11;
+    /// `memtrace agent`: the HTTP address cannot be listened on.
+    pub const CANNOT_LISTEN: i32 = 12;
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("no process with pid {0}")]
     NoSuchProcess(u32),
-    #[error("permission denied: {0} (run memtrace as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE)")]
+    #[error("permission denied: {0} (run memtrace as root, or with CAP_SYS_ADMIN and CAP_SYS_PTRACE; uprobes need CAP_SYS_ADMIN since Linux 6.16)")]
     PermissionDenied(String),
     #[error("{0} is not a Go program")]
     NotGo(PathBuf),
@@ -59,6 +61,8 @@ pub enum Error {
     },
     #[error("{path}: {reason}")]
     CorruptTrace { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Listen(String),
     #[error("eBPF is unavailable: {0}")]
     BpfUnavailable(String),
     #[error("{context}: {source}")]
@@ -82,6 +86,7 @@ impl Error {
             Error::Binary { .. } => exit_code::NOT_GO,
             Error::Launch { .. } => exit_code::LAUNCH_FAILED,
             Error::BpfUnavailable(_) => exit_code::BPF_UNAVAILABLE,
+            Error::Listen(_) => exit_code::CANNOT_LISTEN,
             Error::CorruptTrace { .. } => exit_code::CORRUPT_TRACE,
             Error::Io { .. } => exit_code::FAILURE,
         }

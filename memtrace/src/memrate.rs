@@ -88,6 +88,29 @@ impl RateOverride {
         self.written
     }
 
+    /// Writes another rate over the one memtrace wrote (the agent's budget). Returns false,
+    /// writing nothing, when the program has changed the rate itself since.
+    pub fn rewrite(&mut self, rate: i64) -> Result<bool> {
+        let current = read_rate(self.pid, self.addr)?;
+        if current != self.written || self.restored {
+            return Ok(false);
+        }
+        let mut value = rate;
+        transfer(self.pid, self.addr, &mut value, true).map_err(|e| rate_error(self.pid, e))?;
+        log::info!(
+            "pid {}: runtime.MemProfileRate {current} -> {rate}",
+            self.pid
+        );
+        self.written = rate;
+        Ok(true)
+    }
+
+    /// Gives up the override without writing: the process exited or ran exec, so the
+    /// address no longer holds its rate (another program may live there now).
+    pub fn forget(&mut self) {
+        self.restored = true;
+    }
+
     /// Puts the original value back, unless the program changed the rate itself since (then
     /// its own value stays). Returns whether the target now has its original rate.
     pub fn restore(&mut self) -> bool {
@@ -151,6 +174,25 @@ mod tests {
         assert_eq!(unsafe { std::ptr::read_volatile(&*target) }, 512 * 1024);
         assert!(guard.restore());
         assert_eq!(unsafe { std::ptr::read_volatile(&*target) }, 4096);
+    }
+
+    #[test]
+    fn rewrites_and_still_restores_the_original() {
+        let target = Box::new(0i64);
+        let addr = &*target as *const i64 as u64;
+        let mut guard = RateOverride::apply(std::process::id(), addr, 1000).unwrap();
+        assert!(guard.rewrite(4000).unwrap());
+        // SAFETY: reading our own boxed value.
+        assert_eq!(unsafe { std::ptr::read_volatile(&*target) }, 4000);
+        assert_eq!(guard.written(), 4000);
+        let mut program_sets = 7i64;
+        transfer(std::process::id(), addr, &mut program_sets, true).unwrap();
+        assert!(!guard.rewrite(8000).unwrap());
+        assert_eq!(unsafe { std::ptr::read_volatile(&*target) }, 7);
+        program_sets = 4000;
+        transfer(std::process::id(), addr, &mut program_sets, true).unwrap();
+        assert!(guard.restore());
+        assert_eq!(unsafe { std::ptr::read_volatile(&*target) }, 0);
     }
 
     #[test]

@@ -132,9 +132,10 @@ impl Mode {
 }
 
 /// Who and what this session traces, for a trace file's header.
-fn trace_header(
+pub(crate) fn trace_header(
     target: &Target,
-    options: &SessionOptions,
+    mode: Mode,
+    goroutines: bool,
     analysis: &Analysis,
     start_ns: u64,
 ) -> TraceHeader {
@@ -152,9 +153,9 @@ fn trace_header(
             exit: None,
         },
         build_id: target.binary.build_id(),
-        mode: options.mode.name().into(),
+        mode: mode.name().into(),
         sampling: analysis.sampling(),
-        goroutines: options.goroutines,
+        goroutines,
         start_ts_ns: start_ns,
         start_unix_ns: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -164,7 +165,7 @@ fn trace_header(
     }
 }
 
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -176,7 +177,7 @@ fn monotonic_ns() -> u64 {
 
 /// The BPF-side configuration of a target. `load_bias` relocates the addresses of runtime
 /// globals (PIE); `None` while it is not known yet, which leaves the GC globals unread.
-fn target_config(target: &Target, load_bias: Option<u64>, mode: Mode) -> TargetConfig {
+pub(crate) fn target_config(target: &Target, load_bias: Option<u64>, mode: Mode) -> TargetConfig {
     let stack_sample_bytes = match mode {
         Mode::AllAllocs { stack_sample_bytes } => stack_sample_bytes,
         Mode::Sampled { .. } | Mode::ProbeFloor => 512 * 1024,
@@ -227,7 +228,7 @@ fn target_config(target: &Target, load_bias: Option<u64>, mode: Mode) -> TargetC
 }
 
 /// Opens a pidfd, which becomes readable when the process exits.
-fn pidfd_open(pid: u32) -> Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: u32) -> Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
     if fd < 0 {
@@ -327,9 +328,18 @@ pub fn run(options: SessionOptions) -> Result<SessionOutcome> {
     let recorder = match &options.record {
         Some(file) => {
             analysis.symbolizer_mut().journal_new_symbols();
-            Recorder::create(file, &trace_header(&target, &options, &analysis, start_ns))
-                .map(Some)
-                .map_err(|error| Error::io("starting the recording", error))
+            Recorder::create(
+                file,
+                &trace_header(
+                    &target,
+                    options.mode,
+                    options.goroutines,
+                    &analysis,
+                    start_ns,
+                ),
+            )
+            .map(Some)
+            .map_err(|error| Error::io("starting the recording", error))
         }
         None => Ok(None),
     };
@@ -589,10 +599,10 @@ async fn event_loop(
 pub const DEFAULT_SAMPLE_RATE: u64 = 512 * 1024;
 
 /// Nice value of memtrace's event loop.
-const CONSUMER_NICE: libc::c_int = 10;
+pub(crate) const CONSUMER_NICE: libc::c_int = 10;
 
 /// How often queued records are read when the probes did not ask for a wakeup.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Goroutine groups the live view lists.
 const GOROUTINE_GROUPS_SHOWN: usize = 3;
@@ -601,7 +611,7 @@ const GOROUTINE_GROUPS_SHOWN: usize = 3;
 const GOROUTINE_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often a recording writes what it has (and the progress line is redrawn).
-const RECORD_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const RECORD_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The progress line of a recording, on stderr: redrawn in place on a terminal, else a line
 /// every [`PROGRESS_LOG_INTERVAL`].
@@ -649,12 +659,12 @@ impl ProgressLine {
 
 /// Scans the target's goroutines into the analysis.
 #[derive(Default)]
-struct GoroutineScanner {
+pub(crate) struct GoroutineScanner {
     reader: Option<GoroutineReader>,
 }
 
 impl GoroutineScanner {
-    fn scan(
+    pub(crate) fn scan(
         &mut self,
         target: &Target,
         analysis: &mut Analysis,
@@ -703,7 +713,7 @@ impl GoroutineScanner {
 
 /// Hands the symbols the analysis just learned to the recording, in the same flush as the
 /// events that needed them; then the chunk, if it is full.
-fn record_new_symbols(recorder: &mut Recorder, analysis: &mut Analysis) {
+pub(crate) fn record_new_symbols(recorder: &mut Recorder, analysis: &mut Analysis) {
     recorder.symbols(analysis.symbolizer_mut().take_new_symbols());
     recorder.flush_if_full();
 }
@@ -760,15 +770,15 @@ fn drain(
 }
 
 /// The signals that end a session.
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    hangup: tokio::signal::unix::Signal,
+pub(crate) struct Signals {
+    pub(crate) interrupt: tokio::signal::unix::Signal,
+    pub(crate) terminate: tokio::signal::unix::Signal,
+    pub(crate) hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
     /// Installs the handlers (inside a runtime context).
-    fn new() -> Result<Signals> {
+    pub(crate) fn new() -> Result<Signals> {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT", e))?,
             terminate: signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM", e))?,
@@ -788,44 +798,69 @@ fn attach_probes(
 ) -> Result<()> {
     let (path, pid) = (target.attach_path.as_path(), target.pid);
     let all: Vec<&ProbeSite> = plan.alloc.iter().collect();
-    let missing = |what: &str| Error::MissingRuntimeFunction {
-        path: target.exe.clone(),
-        function: what.into(),
-    };
     match mode {
         Mode::AllAllocs { .. } => tracer.attach(Program::AllocEntry, &all, path, pid)?,
         Mode::ProbeFloor => tracer.attach(Program::AllocFloor, &all, path, pid)?,
         Mode::Sampled { .. } => {
-            let alloc = plan
-                .object_alloc
-                .as_ref()
-                .ok_or_else(|| missing("runtime.profilealloc"))?;
-            let free = plan
-                .object_free
-                .as_ref()
-                .ok_or_else(|| missing("runtime.freeSpecial"))?;
-            tracer.attach(Program::ObjectAlloc, &[alloc], path, pid)?;
-            tracer.attach(Program::ObjectFree, &[free], path, pid)?;
+            for (program, site) in object_probes(plan, &target.exe)? {
+                tracer.attach(program, &[site], path, pid)?;
+            }
             if launched {
                 let main = plan
                     .runtime_ready
                     .as_ref()
-                    .ok_or_else(|| missing("runtime.main"))?;
+                    .ok_or_else(|| missing_function(&target.exe, "runtime.main"))?;
                 tracer.attach(Program::RuntimeReady, &[main], path, pid)?;
             }
         }
     }
-    if let Some(gc) = &plan.gc_cycle {
-        tracer.attach(Program::GcCycle, &[gc], path, pid)?;
-    }
-    if goroutines {
-        let create = plan
-            .goroutine_create
-            .as_ref()
-            .ok_or_else(|| missing("runtime.newproc.func1 calling runtime.runqput"))?;
-        tracer.attach(Program::GoroutineCreate, &[create], path, pid)?;
+    for (program, site) in common_probes(plan, &target.exe, goroutines)? {
+        tracer.attach(program, &[site], path, pid)?;
     }
     Ok(())
+}
+
+fn missing_function(exe: &std::path::Path, function: &str) -> Error {
+    Error::MissingRuntimeFunction {
+        path: exe.to_path_buf(),
+        function: function.into(),
+    }
+}
+
+/// Sampled mode's own probes: objects the heap profiler samples, and their deaths.
+pub(crate) fn object_probes<'a>(
+    plan: &'a ProbePlan,
+    exe: &std::path::Path,
+) -> Result<[(Program, &'a ProbeSite); 2]> {
+    let alloc = plan
+        .object_alloc
+        .as_ref()
+        .ok_or_else(|| missing_function(exe, "runtime.profilealloc"))?;
+    let free = plan
+        .object_free
+        .as_ref()
+        .ok_or_else(|| missing_function(exe, "runtime.freeSpecial"))?;
+    Ok([(Program::ObjectAlloc, alloc), (Program::ObjectFree, free)])
+}
+
+/// The probes of every mode: GC cycles (when the binary has the site) and, with
+/// `goroutines`, goroutine creation.
+pub(crate) fn common_probes<'a>(
+    plan: &'a ProbePlan,
+    exe: &std::path::Path,
+    goroutines: bool,
+) -> Result<Vec<(Program, &'a ProbeSite)>> {
+    let mut probes = Vec::new();
+    if let Some(gc) = &plan.gc_cycle {
+        probes.push((Program::GcCycle, gc));
+    }
+    if goroutines {
+        let create = plan.goroutine_create.as_ref().ok_or_else(|| {
+            missing_function(exe, "runtime.newproc.func1 calling runtime.runqput")
+        })?;
+        probes.push((Program::GoroutineCreate, create));
+    }
+    Ok(probes)
 }
 
 /// What memtrace may do to the target's rate.
@@ -841,7 +876,7 @@ enum RatePolicy {
 
 /// The target's `runtime.MemProfileRate` in sampled mode: where it is, what memtrace wrote,
 /// and putting it back.
-struct RateControl {
+pub(crate) struct RateControl {
     /// Link-time address of `runtime.MemProfileRate` (sampled mode only).
     symbol: Option<u64>,
     policy: RatePolicy,
@@ -855,7 +890,7 @@ struct RateControl {
 }
 
 impl RateControl {
-    fn new(target: &Target, mode: Mode) -> Result<RateControl> {
+    pub(crate) fn new(target: &Target, mode: Mode) -> Result<RateControl> {
         let Mode::Sampled { rate, read_only } = mode else {
             return Ok(RateControl {
                 symbol: None,
@@ -889,7 +924,7 @@ impl RateControl {
     }
 
     /// Reads the rate and writes ours (unless read-only). Called once the runtime is up.
-    fn apply(&mut self, target: &Target, bias: u64) -> Result<()> {
+    pub(crate) fn apply(&mut self, target: &Target, bias: u64) -> Result<()> {
         let Some(symbol) = self.symbol else {
             return Ok(());
         };
@@ -923,7 +958,7 @@ impl RateControl {
         Ok(())
     }
 
-    fn sampling(&self, mode: Mode) -> Sampling {
+    pub(crate) fn sampling(&self, mode: Mode) -> Sampling {
         match mode {
             Mode::AllAllocs { stack_sample_bytes } => Sampling::AllAllocs {
                 interval_bytes: stack_sample_bytes.max(1),
@@ -939,7 +974,55 @@ impl RateControl {
         }
     }
 
-    fn restore(&mut self) {
+    /// Whether the rate is known (read from the target, or written by memtrace).
+    pub(crate) fn is_applied(&self) -> bool {
+        self.original.is_some() || self.symbol.is_none()
+    }
+
+    /// The rate samples are taken at now, once known.
+    pub(crate) fn effective(&self) -> Option<u64> {
+        self.effective
+    }
+
+    /// Writes another rate while the session runs (the agent's budget). Returns false when
+    /// nothing was written: the session is over, the rate is not known yet, or the program
+    /// has set its own rate since memtrace wrote one (its choice stands).
+    pub(crate) fn change(&mut self, target: &Target, bias: u64, rate: u64) -> Result<bool> {
+        let (Some(symbol), Some(_)) = (self.symbol, self.original) else {
+            return Ok(false);
+        };
+        if self.closed || matches!(self.policy, RatePolicy::ReadOnly) {
+            return Ok(false);
+        }
+        let rate = rate.min(i64::MAX as u64) as i64;
+        let changed = match self.applied.as_mut() {
+            Some(applied) => applied.rewrite(rate)?,
+            None => {
+                self.applied = Some(RateOverride::apply(
+                    target.pid,
+                    symbol.wrapping_add(bias),
+                    rate,
+                )?);
+                true
+            }
+        };
+        if changed {
+            self.effective = Some(rate as u64);
+        }
+        Ok(changed)
+    }
+
+    /// The process exited or ran exec: nothing is written into it any more, not even the
+    /// original rate (its memory may hold another program now).
+    pub(crate) fn abandon(&mut self) {
+        self.closed = true;
+        if let Some(applied) = self.applied.as_mut() {
+            applied.forget();
+        }
+        self.restored = true;
+    }
+
+    pub(crate) fn restore(&mut self) {
         self.closed = true;
         if let Some(applied) = self.applied.as_mut() {
             self.restored = applied.restore();
@@ -949,13 +1032,18 @@ impl RateControl {
     }
 
     /// Restores (if not done yet) and says what happened, for the report.
-    fn finish(&mut self) -> Option<MemProfileRate> {
+    pub(crate) fn finish(&mut self) -> Option<MemProfileRate> {
         self.restore();
+        self.describe()
+    }
+
+    /// What memtrace read and wrote so far (`restored` only once the session is over).
+    pub(crate) fn describe(&self) -> Option<MemProfileRate> {
         let original = self.original?;
         Some(MemProfileRate {
             original,
             written: self.applied.as_ref().map(RateOverride::written),
-            restored: self.restored,
+            restored: self.closed && self.restored,
         })
     }
 }

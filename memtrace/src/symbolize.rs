@@ -5,7 +5,10 @@
 //! A recorded trace carries what its session symbolized, so a replay symbolizes from that table
 //! without the binary.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{
+    cell::RefCell, collections::HashMap, fs::File, os::fd::AsRawFd, path::PathBuf, rc::Rc,
+    sync::Arc,
+};
 
 use blazesym::symbolize::{self, Input, Symbolized};
 use serde::{Deserialize, Serialize};
@@ -48,14 +51,51 @@ pub enum Symbol {
     TypeName { vaddr: u64, name: Option<String> },
 }
 
+/// What the symbolizers of processes running one binary share: blazesym's parsed debug
+/// information (megabytes per binary, parsed once) and the frames already resolved.
+pub struct SharedSymbols {
+    /// Path blazesym opens; kept valid after the target exits (see `Target::symbol_path`).
+    symbol_path: PathBuf,
+    /// Holds `symbol_path` open when it is one of our own fds.
+    _file: Option<File>,
+    blazesym: Option<RefCell<symbolize::Symbolizer>>,
+    frames: RefCell<HashMap<u64, Arc<[Frame]>>>,
+}
+
+impl SharedSymbols {
+    pub fn new(binary: &GoBinary, symbol_path: PathBuf) -> SharedSymbols {
+        let blazesym = binary.has_dwarf().then(|| {
+            RefCell::new(
+                symbolize::Symbolizer::builder()
+                    .enable_code_info(true)
+                    .enable_inlined_fns(true)
+                    .build(),
+            )
+        });
+        SharedSymbols {
+            symbol_path,
+            _file: None,
+            blazesym,
+            frames: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Symbols of `binary`, read through `file` (an open handle on it), which it keeps open.
+    pub fn for_file(binary: &GoBinary, file: File) -> SharedSymbols {
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        SharedSymbols {
+            _file: Some(file),
+            ..SharedSymbols::new(binary, path)
+        }
+    }
+}
+
 /// Where symbols come from.
 enum Source {
     /// The target's binary.
     Binary {
         binary: Arc<GoBinary>,
-        /// Path blazesym opens; kept valid after the target exits (see `Target::symbol_path`).
-        symbol_path: PathBuf,
-        blazesym: Option<Box<symbolize::Symbolizer>>,
+        shared: Rc<SharedSymbols>,
     },
     /// Only what a recording carries; other addresses are unknown.
     Recorded,
@@ -72,19 +112,14 @@ pub struct Symbolizer {
 
 impl Symbolizer {
     pub fn new(binary: Arc<GoBinary>, symbol_path: PathBuf) -> Symbolizer {
-        let blazesym = binary.has_dwarf().then(|| {
-            symbolize::Symbolizer::builder()
-                .enable_code_info(true)
-                .enable_inlined_fns(true)
-                .build()
-                .into()
-        });
+        let shared = Rc::new(SharedSymbols::new(&binary, symbol_path));
+        Symbolizer::sharing(binary, shared)
+    }
+
+    /// A symbolizer of one more process of a binary whose symbols others already read.
+    pub fn sharing(binary: Arc<GoBinary>, shared: Rc<SharedSymbols>) -> Symbolizer {
         Symbolizer {
-            source: Source::Binary {
-                binary,
-                symbol_path,
-                blazesym,
-            },
+            source: Source::Binary { binary, shared },
             cache: HashMap::new(),
             type_names: HashMap::new(),
             journal: None,
@@ -170,11 +205,24 @@ impl Symbolizer {
         if let Some(frames) = self.cache.get(&vaddr) {
             return frames.clone();
         }
-        let frames: Arc<[Frame]> = self
-            .blazesym_frames(vaddr)
-            .or_else(|| self.pclntab_frames(vaddr))
-            .unwrap_or_else(|| vec![Frame::unknown(vaddr)])
-            .into();
+        let known = match &self.source {
+            Source::Binary { shared, .. } => shared.frames.borrow().get(&vaddr).cloned(),
+            Source::Recorded => None,
+        };
+        let frames: Arc<[Frame]> = match known {
+            Some(frames) => frames,
+            None => {
+                let frames: Arc<[Frame]> = self
+                    .blazesym_frames(vaddr)
+                    .or_else(|| self.pclntab_frames(vaddr))
+                    .unwrap_or_else(|| vec![Frame::unknown(vaddr)])
+                    .into();
+                if let Source::Binary { shared, .. } = &self.source {
+                    shared.frames.borrow_mut().insert(vaddr, frames.clone());
+                }
+                frames
+            }
+        };
         self.cache.insert(vaddr, frames.clone());
         if let Some(journal) = &mut self.journal {
             journal.push(Symbol::Frames {
@@ -186,15 +234,12 @@ impl Symbolizer {
     }
 
     fn blazesym_frames(&self, vaddr: u64) -> Option<Vec<Frame>> {
-        let Source::Binary {
-            blazesym: Some(symbolizer),
-            symbol_path,
-            ..
-        } = &self.source
-        else {
+        let Source::Binary { shared, .. } = &self.source else {
             return None;
         };
-        let source = symbolize::source::Source::Elf(symbolize::source::Elf::new(symbol_path));
+        let symbolizer = shared.blazesym.as_ref()?.borrow();
+        let source =
+            symbolize::source::Source::Elf(symbolize::source::Elf::new(&shared.symbol_path));
         let result = symbolizer
             .symbolize_single(&source, Input::VirtOffset(vaddr))
             .ok()?;

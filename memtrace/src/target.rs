@@ -42,19 +42,106 @@ fn map_io(pid: u32, what: &str) -> impl FnOnce(io::Error) -> Error + '_ {
     }
 }
 
-impl Target {
-    /// A running process.
-    pub fn from_pid(pid: u32) -> Result<Target> {
+/// Which file a process runs: processes with equal keys run the same binary (and share one
+/// set of probes in the node agent). Size and modification time guard against a deleted
+/// file's inode number being reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BinaryKey {
+    pub dev: u64,
+    pub ino: u64,
+    size: u64,
+    mtime_ns: i64,
+}
+
+/// A running process's executable, opened but not parsed yet.
+pub struct OpenedExe {
+    pub pid: u32,
+    /// The path as the process sees it (inside its container, if any).
+    pub exe: PathBuf,
+    pub key: BinaryKey,
+    link: PathBuf,
+    file: File,
+}
+
+impl OpenedExe {
+    pub fn of_pid(pid: u32) -> Result<OpenedExe> {
         let proc_dir = PathBuf::from(format!("/proc/{pid}"));
         if pid == 0 || !proc_dir.exists() {
             return Err(Error::NoSuchProcess(pid));
         }
-        let exe_link = proc_dir.join("exe");
-        let exe = std::fs::read_link(&exe_link).map_err(map_io(pid, "reading the executable"))?;
+        let link = proc_dir.join("exe");
+        let exe = std::fs::read_link(&link).map_err(map_io(pid, "reading the executable"))?;
         // Opening through /proc/PID/exe works for processes in other mount namespaces
         // (containers) and for deleted executables.
-        let exe_file = File::open(&exe_link).map_err(map_io(pid, "opening the executable"))?;
-        Target::new(pid, exe, exe_link, exe_file)
+        let file = File::open(&link).map_err(map_io(pid, "opening the executable"))?;
+        let metadata = file
+            .metadata()
+            .map_err(map_io(pid, "reading the executable"))?;
+        let key = BinaryKey {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            size: metadata.size(),
+            mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
+        };
+        Ok(OpenedExe {
+            pid,
+            exe,
+            key,
+            link,
+            file,
+        })
+    }
+}
+
+impl OpenedExe {
+    /// Whether the executable looks like a Go program, from its section names alone (reads
+    /// a few KiB, not the file): the node agent sees every exec on the machine. An ELF file
+    /// without section headers cannot be told apart this way and counts as maybe Go.
+    pub fn may_be_go(&self) -> bool {
+        use object::{Object, ObjectSection};
+
+        let cache = object::ReadCache::new(&self.file);
+        let Ok(elf) = object::File::parse(&cache) else {
+            return false;
+        };
+        let mut sections = elf.sections().peekable();
+        if sections.peek().is_none() {
+            return true;
+        }
+        sections.any(|section| {
+            matches!(
+                section.name(),
+                Ok(".go.buildinfo" | ".gopclntab" | ".note.go.buildid")
+            )
+        })
+    }
+}
+
+impl Target {
+    /// A running process.
+    pub fn from_pid(pid: u32) -> Result<Target> {
+        Target::from_opened(OpenedExe::of_pid(pid)?, None)
+    }
+
+    /// A running process whose executable is open; `same_binary` is the parsed binary and
+    /// layout of another process that ran the same file (equal [`BinaryKey`]), shared instead
+    /// of being read again.
+    pub fn from_opened(
+        opened: OpenedExe,
+        same_binary: Option<(&Arc<GoBinary>, RuntimeLayout)>,
+    ) -> Result<Target> {
+        match same_binary {
+            Some((binary, layout)) => Ok(Target {
+                pid: opened.pid,
+                exe: opened.exe,
+                binary: binary.clone(),
+                layout,
+                attach_path: opened.link,
+                exe_file: opened.file,
+                load_bias: OnceLock::new(),
+            }),
+            None => Target::new(opened.pid, opened.exe, opened.link, opened.file),
+        }
     }
 
     /// A binary about to be started as process `pid` (launch mode).
@@ -97,6 +184,11 @@ impl Target {
             exe_file,
             load_bias: OnceLock::new(),
         })
+    }
+
+    /// Another handle on the executable (for symbols that outlive this process).
+    pub fn exe_file(&self) -> io::Result<File> {
+        self.exe_file.try_clone()
     }
 
     /// A path to the executable that stays valid while memtrace runs.
@@ -153,7 +245,9 @@ impl Target {
 
 fn open_go_binary(exe: &Path, file: &File) -> Result<GoBinary> {
     let mut data = Vec::new();
-    io::Read::read_to_end(&mut &*file, &mut data)
+    // From the start, wherever an earlier look (`OpenedExe::may_be_go`) left the offset.
+    io::Seek::seek(&mut &*file, io::SeekFrom::Start(0))
+        .and_then(|_| io::Read::read_to_end(&mut &*file, &mut data))
         .map_err(|e| Error::io(format!("reading {}", exe.display()), e))?;
     GoBinary::from_bytes(exe.to_path_buf(), data).map_err(|e| match e {
         BinaryError::NotElf | BinaryError::NotGo => Error::NotGo(exe.to_path_buf()),

@@ -70,7 +70,17 @@ const INUSE_SAMPLE_TYPES: [(&str, &str); 2] =
 /// Writes `profile` as a gzipped profile.proto. Stacks whose values are all zero are left out;
 /// a profile without stacks still gives a valid (empty) pprof file.
 pub fn write_pprof(profile: &Profile, out: impl Write) -> io::Result<()> {
-    let encoded = encode(profile);
+    write_pprof_preferring(profile, false, out)
+}
+
+/// Like [`write_pprof`]; with `allocations` the default sample type is `alloc_space`, as in
+/// Go's `/debug/pprof/allocs` (the same profile as `heap`, viewed by allocations).
+pub fn write_pprof_preferring(
+    profile: &Profile,
+    allocations: bool,
+    out: impl Write,
+) -> io::Result<()> {
+    let encoded = encode(profile, allocations);
     let mut gzip = GzEncoder::new(out, Compression::default());
     gzip.write_all(&encoded)?;
     gzip.finish()?;
@@ -78,7 +88,7 @@ pub fn write_pprof(profile: &Profile, out: impl Write) -> io::Result<()> {
 }
 
 /// The uncompressed profile.proto message.
-fn encode(profile: &Profile) -> Vec<u8> {
+fn encode(profile: &Profile, allocations: bool) -> Vec<u8> {
     let mut builder = Builder::default();
     let mut message = Message::default();
 
@@ -121,11 +131,13 @@ fn encode(profile: &Profile) -> Vec<u8> {
 
     // Everything that needs a string is interned before the table is written.
     let period_type = builder.value_type("space", "bytes");
-    let default_sample_type = builder.strings.intern(if profile.has_inuse {
-        "inuse_space"
-    } else {
-        "alloc_space"
-    });
+    let default_sample_type = builder
+        .strings
+        .intern(if profile.has_inuse && !allocations {
+            "inuse_space"
+        } else {
+            "alloc_space"
+        });
     for string in &builder.strings.strings {
         message.bytes(field::profile::STRING_TABLE, string.as_bytes());
     }
