@@ -4,6 +4,7 @@
 //! starts) a Go process, [`analysis`] turns events into per-site statistics and
 //! [`report::Report`] renders them.
 
+pub mod agent;
 pub mod analysis;
 pub mod binary;
 pub mod bpf;

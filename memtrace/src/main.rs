@@ -34,13 +34,16 @@ const EXAMPLES: &str = "EXAMPLES:
   sudo memtrace record --pid 1234 -d 10m -o api.mtr
   memtrace report api.mtr --pprof heap.pb.gz     post-mortem, on any machine, no root
   memtrace diff base.mtr head.mtr --fail-on-new-leaks
+  sudo memtrace agent                            every Go process on this machine, served on
+                                                 http://127.0.0.1:9464 (/metrics, /api/targets,
+                                                 /api/report?pid=, /debug/pprof/heap?pid=)
 
 EXIT CODES:
   launch mode: the target's own exit code (128+N if killed by signal N)
   1 failure  2 usage  3 no such process  4 not a Go program  5 unsupported Go version
   6 permission denied  7 corrupt or unfinished trace file  8 eBPF unavailable
   9 cannot start the command  10 --read-only on a program that does not sample
-  11 diff: a gate threshold was exceeded";
+  11 diff: a gate threshold was exceeded  12 agent: cannot listen on the address";
 
 /// Trace the heap allocations of a Go process with eBPF: which call sites allocate, which
 /// objects never die, which sites leak, which goroutines pile up. No restart, no code change,
@@ -85,6 +88,102 @@ enum Subcommands {
     /// (exit code 11) when a threshold is exceeded: a memory regression gate for CI.
     #[command(after_long_help = EXAMPLES)]
     Diff(DiffArgs),
+    /// Trace every Go process on this machine (new ones as they start) and serve Prometheus
+    /// metrics, pprof profiles and JSON reports over HTTP: the node agent a Kubernetes
+    /// DaemonSet runs (see deploy/).
+    #[command(after_long_help = AGENT_HELP)]
+    Agent(AgentArgs),
+}
+
+const AGENT_HELP: &str = "ENDPOINTS:
+  /metrics                       Prometheus text format (per process, per site, the agent's own)
+  /api/targets                   the traced processes: pid, exe, container, pod, sample rate
+  /api/report?pid=PID            the JSON report (the same as `memtrace --json`)
+  /debug/pprof/heap?pid=PID      gzipped pprof (inuse_space first), for go tool pprof, Parca, Pyroscope
+  /debug/pprof/allocs?pid=PID    the same profile, alloc_space first
+  /healthz, /readyz              alive; ready once running processes were looked at
+
+FILTERS (--include, --exclude; repeatable; glob patterns with * and ?):
+  NAME or exe=NAME               executable file name or path
+  container=ID                   container id (12 characters or more match as a prefix)
+  pod-uid=UID, namespace=NS, pod=NS/NAME
+                                 Kubernetes pods; name and namespace are read from the pod's
+                                 /etc/hostname and service-account files when present
+
+EXAMPLES:
+  sudo memtrace agent --exclude 'namespace=kube-system'
+  sudo memtrace agent --listen 0.0.0.0:9464 --record-dir /var/lib/memtrace --record-max-bytes 1G
+  go tool pprof -top 'http://127.0.0.1:9464/debug/pprof/heap?pid=1234'";
+
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// Address of the HTTP listener.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR:PORT")]
+    listen: String,
+
+    /// Trace only processes matching FILTER (repeatable; any one must match).
+    #[arg(long, value_name = "FILTER")]
+    include: Vec<memtrace::agent::filter::Filter>,
+
+    /// Do not trace processes matching FILTER (repeatable).
+    #[arg(long, value_name = "FILTER")]
+    exclude: Vec<memtrace::agent::filter::Filter>,
+
+    /// Heap profiler rate for processes that do not sample on their own.
+    #[arg(long, value_parser = parse_bytes, value_name = "BYTES", help_heading = "Tracing")]
+    rate: Option<u64>,
+
+    /// Do not track goroutines.
+    #[arg(long, help_heading = "Tracing")]
+    no_goroutines: bool,
+
+    /// How often each process's goroutines are scanned.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, help_heading = "Tracing")]
+    scan_interval: Duration,
+
+    /// Most events per second one process may send; above it memtrace raises that process's
+    /// sample rate (and turns goroutine creation records off if they are the flood).
+    #[arg(
+        long,
+        default_value_t = 2000,
+        value_name = "N",
+        help_heading = "Budget"
+    )]
+    max_events_per_process: u64,
+
+    /// Most events per second for the whole node, shared fairly among the processes.
+    #[arg(
+        long,
+        default_value_t = 20000,
+        value_name = "N",
+        help_heading = "Budget"
+    )]
+    max_events: u64,
+
+    /// Most processes traced at once.
+    #[arg(long, default_value_t = 512, value_name = "N", help_heading = "Budget")]
+    max_targets: usize,
+
+    /// Record every traced process into rolling trace files in DIR.
+    #[arg(long, value_name = "DIR", help_heading = "Recording")]
+    record_dir: Option<PathBuf>,
+
+    /// Size budget of --record-dir; the oldest finished files are deleted first.
+    #[arg(long, default_value = "1G", value_parser = parse_bytes, value_name = "BYTES", help_heading = "Recording")]
+    record_max_bytes: u64,
+
+    /// Allocation sites (and leak suspects) per process in /metrics.
+    #[arg(long, default_value_t = 10, value_name = "N", help_heading = "Output")]
+    metrics_top_sites: usize,
+
+    /// Sites and goroutine groups in /api/report.
+    #[arg(long, default_value_t = 20, value_name = "N", help_heading = "Output")]
+    top: usize,
+
+    /// Ring-buffer size shared by all processes (kernel memory, charged to memtrace). The
+    /// budget's 20,000 events/s fill about 2 MiB between two reads.
+    #[arg(long, default_value = "8M", value_parser = parse_bytes, value_name = "BYTES", help_heading = "Advanced")]
+    ring_buffer: u64,
 }
 
 #[derive(Args, Debug)]
@@ -304,6 +403,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::new()
         .filter_level(match cli.verbose {
+            // The agent runs for days in a log collector: it says what it attaches to.
+            0 if matches!(cli.subcommand, Some(Subcommands::Agent(_))) => log::LevelFilter::Info,
             0 => log::LevelFilter::Warn,
             1 => log::LevelFilter::Info,
             _ => log::LevelFilter::Debug,
@@ -345,7 +446,37 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Subcommands::Record(args)) => trace(&args.trace, &args.exports, Some(&args.output)),
         Some(Subcommands::Report(args)) => report(&args),
         Some(Subcommands::Diff(args)) => diff_recordings(&args),
+        Some(Subcommands::Agent(args)) => agent(args),
     }
+}
+
+fn agent(args: AgentArgs) -> anyhow::Result<i32> {
+    let ring_bytes = u32::try_from(args.ring_buffer.next_power_of_two())
+        .map_err(|_| anyhow::anyhow!("--ring-buffer is too large"))?;
+    memtrace::agent::run(memtrace::agent::AgentOptions {
+        listen: args.listen,
+        selector: memtrace::agent::filter::Selector {
+            include: args.include,
+            exclude: args.exclude,
+        },
+        rate: args.rate,
+        goroutines: !args.no_goroutines,
+        budget: memtrace::agent::budget::Budget {
+            per_process: args.max_events_per_process as f64,
+            node: args.max_events as f64,
+        },
+        record_dir: args.record_dir,
+        record_max_bytes: args.record_max_bytes,
+        max_targets: args.max_targets,
+        metrics_top_sites: args.metrics_top_sites,
+        top: args.top,
+        ring_bytes,
+        node: std::env::var("NODE_NAME")
+            .ok()
+            .filter(|name| !name.is_empty()),
+        scan_interval: args.scan_interval,
+    })?;
+    Ok(0)
 }
 
 /// A live session, recorded into `record` if given.
