@@ -8,6 +8,9 @@
 mod bpf_support;
 pub mod chromium;
 mod go_build;
+pub mod http;
+pub mod pod;
+pub mod prometheus;
 
 use std::{
     env,
@@ -23,6 +26,7 @@ pub const GO_VERSIONS: &[&str] = &["1.21.13", "1.22.10", "1.24.11", "1.26.6", "1
 pub const GO_PROGRAMS: &[&str] = &[
     "allocs",
     "bench",
+    "churn",
     "demo",
     "idle",
     "stress",
