@@ -32,6 +32,16 @@
 //! several times with `memtrace report -v`, whose `replayed ...` line gives the replay's
 //! records per second: the replay runs on one thread, so that is the per-core number (goal:
 //! [`REPLAY_GOAL`]). The traces stay in `<target>/bench-traces`, for profiling.
+//!
+//! Last, the node agent (`--agent-only` runs just this): `memtrace agent` tracing
+//! [`AGENT_PROGRAMS`] long-running programs of the test corpus at once (every `leaks` and
+//! `goleaks` pattern, leaky ones and controls, and `idle`, built with two Go versions so that
+//! some processes share a binary's probes and some do not). Per round, with the programs
+//! running: their CPU untraced, then the agent's own CPU (percent of one core; goal
+//! [`AGENT_CPU_GOAL_PERCENT`]) and resident memory (goal [`AGENT_RSS_GOAL_BYTES`]), its event
+//! rate and losses, and the programs' CPU traced, over a window; then the agent must stop on
+//! SIGTERM with exit code 0 and leave every program running. The goals are reported as
+//! PASS/MISS, not enforced: a miss does not fail the benchmark, a misbehaving agent does.
 
 use std::{
     fmt::Write as _,
@@ -95,6 +105,16 @@ pub struct Options {
     /// Replays of each recorded trace.
     #[arg(long, default_value_t = 5)]
     replays: u32,
+    /// Run only the agent benchmark (`memtrace agent` tracing 20 Go programs at once).
+    #[arg(long, conflicts_with_all = ["goroutines_only", "recording_only"])]
+    agent_only: bool,
+    /// Rounds of the agent benchmark; each starts the programs and the agent afresh.
+    #[arg(long, default_value_t = 3)]
+    agent_rounds: u32,
+    /// Seconds of the agent benchmark's traced window; the programs' untraced CPU is measured
+    /// over as long, half before the agent starts and half after it stopped.
+    #[arg(long, default_value_t = 60)]
+    agent_window: u64,
 }
 
 struct Case {
@@ -165,7 +185,22 @@ pub fn run(options: &Options) -> Result<ExitCode> {
         options.goroutines > 0 && options.allocs >= options.goroutines,
         "--allocs must be at least --goroutines, and both positive"
     );
+    ensure!(
+        options.agent_rounds > 0,
+        "--agent-rounds must be at least 1"
+    );
+    ensure!(
+        options.agent_window >= 10,
+        "--agent-window must be at least 10 (seconds)"
+    );
     let (_tools, memtrace) = build::run()?;
+    if options.agent_only {
+        return Ok(if agent(&memtrace, options)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     if options.goroutines_only {
         return Ok(if goroutine_heavy(&memtrace, options)? {
             ExitCode::SUCCESS
@@ -239,12 +274,14 @@ pub fn run(options: &Options) -> Result<ExitCode> {
     let goroutines_ok = goroutine_heavy(&memtrace, options)?;
     let recordings_ok = recordings(&memtrace, &program, &traces, options)?;
     analysis_throughput(&program)?;
+    let agent_ok = agent(&memtrace, options)?;
     Ok(
         if results[UNTRACED].is_ok()
             && writer_kept_up
             && sampled_ok
             && goroutines_ok
             && recordings_ok
+            && agent_ok
         {
             ExitCode::SUCCESS
         } else {
@@ -1010,6 +1047,1102 @@ fn analysis_throughput(program: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Programs `memtrace agent` traces at once in the agent benchmark.
+const AGENT_PROGRAMS: usize = 20;
+/// The agent benchmark's second Go version (the first is `--go`): a program built with each is
+/// two binaries, each with its own set of probes.
+const AGENT_SECOND_GO: &str = "1.24.11";
+/// The agent's goal at the default rate with [`AGENT_PROGRAMS`] programs: CPU, in percent of one
+/// core...
+const AGENT_CPU_GOAL_PERCENT: f64 = 2.0;
+/// ...and resident memory (150 MB, in bytes).
+const AGENT_RSS_GOAL_BYTES: f64 = 150e6;
+/// From the programs' `READY` to their first measured window: start-up done, `tableonce`'s
+/// table built.
+const AGENT_WARM_UP: Duration = Duration::from_secs(5);
+/// From the agent tracing every program to its measured window (attach and start-up work done,
+/// the first goroutine scans and GC cycles seen), and from its exit to the second untraced
+/// window.
+const AGENT_SETTLE: Duration = Duration::from_secs(10);
+/// How long the agent may take to answer `/readyz` and to trace every program.
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the agent and the programs may take to exit after SIGTERM.
+const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The agent's RSS is sampled this often during its window...
+const AGENT_RSS_INTERVAL: Duration = Duration::from_secs(5);
+/// ...and `/metrics` scraped every this many samples (every 15 s, as Prometheus commonly does;
+/// the scrapes are part of what the agent's CPU pays for).
+const AGENT_SCRAPE_EVERY: u64 = 3;
+
+/// One program of the agent benchmark's workload.
+struct AgentProgram {
+    /// `leaks globalmap (leak, Go 1.26.6)`.
+    label: String,
+    /// The binary's file name in the benchmark's directory: `leaks-1.26.6`.
+    binary: String,
+    exe: PathBuf,
+    args: Vec<String>,
+}
+
+/// What one round of the agent benchmark measured.
+struct AgentRound {
+    /// The agent's user + system CPU over its window, in percent of one core.
+    agent_cpu_percent: f64,
+    /// The agent's VmRSS at the window's start, its largest sample, and at the window's end.
+    rss_start: f64,
+    rss_max: f64,
+    rss_final: f64,
+    /// VmHWM at the window's end: the peak since the agent started (start-up included).
+    rss_peak: f64,
+    /// Records per second from all traced processes (`memtrace_events_total`).
+    events_per_s: f64,
+    /// `memtrace_events_dropped_total` (all processes): over the window, and since attaching.
+    drops_window: f64,
+    drops_total: f64,
+    /// `memtrace_agent_events_lost_total` by kind, since the agent started.
+    lost: Vec<(String, f64)>,
+    /// `memtrace_agent_targets` at the window's end.
+    targets: f64,
+    /// The smallest and largest `memtrace_sample_rate_bytes` at the window's end.
+    rate_range: (f64, f64),
+    /// Processes `memtrace_budget_throttled` at the window's end.
+    throttled: f64,
+    /// The programs' total CPU in percent of one core: untraced (both windows) and traced.
+    untraced_cpu_percent: f64,
+    traced_cpu_percent: f64,
+    /// Programs whose sample rate is not the default 512 KiB at the window's end, with it.
+    unusual_rates: Vec<String>,
+    /// Other `memtrace agent` processes seen during the window: they may trace the programs
+    /// too (their probes, their rates), which skews the programs' numbers.
+    other_agents: Vec<String>,
+}
+
+impl AgentRound {
+    fn programs_ratio(&self) -> f64 {
+        self.traced_cpu_percent / self.untraced_cpu_percent
+    }
+
+    fn lost_total(&self) -> f64 {
+        self.lost.iter().map(|(_, count)| count).sum()
+    }
+}
+
+/// The agent benchmark: `memtrace agent` tracing [`AGENT_PROGRAMS`] programs of the corpus at
+/// once, in `--agent-rounds` rounds; prints each round and the medians against the goals. False
+/// if a round failed: the agent crashed, missed programs, did not stop cleanly on SIGTERM, or a
+/// program died.
+///
+/// Every round starts the programs afresh and measures their CPU untraced and traced side by
+/// side: untraced for half the window before the agent starts and half after it stopped,
+/// traced in between. Splitting the untraced time around the traced window cancels the drift
+/// of the programs' own CPU over their run (leaked tickers that keep waking, leaked
+/// goroutines the GC scans, growing heaps), which an untraced window only before would count
+/// as tracing overhead. Per round that is about 5 s + W/2 + ~12 s + W + ~11 s + W/2: some
+/// 150 s with the default 60 s window, 7.5 minutes for the default 3 rounds.
+///
+/// The agent traces only the programs' binaries (copied to `<target>/bench-agent/bin`, with
+/// `--include` on that directory) so that Go programs others run on the machine meanwhile
+/// neither count as targets nor add to its work; it still sees and filters every exec.
+fn agent(memtrace: &Path, options: &Options) -> Result<bool> {
+    let dir = target_dir().join("bench-agent");
+    let programs = agent_workload(&dir, options)?;
+    let window = Duration::from_secs(options.agent_window);
+    let mut binaries: Vec<(&str, Vec<&str>)> = Vec::new();
+    for program in &programs {
+        match binaries
+            .iter_mut()
+            .find(|(binary, _)| *binary == program.binary)
+        {
+            Some((_, labels)) => labels.push(&program.label),
+            None => binaries.push((&program.binary, vec![&program.label])),
+        }
+    }
+    println!(
+        "\nagent: `memtrace agent` (default sampled mode) tracing {} programs from {} binaries:",
+        programs.len(),
+        binaries.len()
+    );
+    for (binary, labels) in &binaries {
+        println!("agent:   {binary} ×{}: {}", labels.len(), labels.join(", "));
+    }
+
+    let mut rounds = Vec::new();
+    let mut ok = true;
+    for round in 1..=options.agent_rounds {
+        let round_dir = dir.join(format!("round-{round}"));
+        match agent_round(
+            memtrace, &programs, &dir, &round_dir, window, round, options,
+        ) {
+            Ok(measured) => rounds.push(measured),
+            Err(error) => {
+                println!(
+                    "bench: agent round {round}/{}: FAILED: {error:#}",
+                    options.agent_rounds
+                );
+                ok = false;
+            }
+        }
+    }
+    print!("{}", agent_report(&rounds, programs.len(), options));
+    Ok(ok)
+}
+
+/// Builds the programs, copies their binaries to `<dir>/bin` (one file per program and Go
+/// version, shared by the processes that run it), and lists the workload: every `leaks` and
+/// `goleaks` pattern (as their `-list` prints them; every third with [`AGENT_SECOND_GO`]), then
+/// `idle` with each Go version (two binaries of one process each) up to [`AGENT_PROGRAMS`].
+fn agent_workload(dir: &Path, options: &Options) -> Result<Vec<AgentProgram>> {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
+    let mut copied: Vec<(String, PathBuf)> = Vec::new();
+    let mut binary = |name: &str, version: &str| -> Result<(String, PathBuf)> {
+        let file_name = format!("{name}-{version}");
+        if let Some((_, path)) = copied.iter().find(|(known, _)| *known == file_name) {
+            return Ok((file_name, path.clone()));
+        }
+        let built = build_go_program(name, version, Variant::Default, &[], "")?;
+        let path = bin.join(&file_name);
+        // Unlinked first: a copy over a file a leftover process still runs fails (ETXTBSY).
+        let _ = std::fs::remove_file(&path);
+        std::fs::copy(&built, &path)
+            .with_context(|| format!("cannot copy {} to {}", built.display(), path.display()))?;
+        copied.push((file_name.clone(), path.clone()));
+        Ok((file_name, path))
+    };
+    let versions = [options.go.as_str(), AGENT_SECOND_GO];
+    let mut programs = Vec::new();
+    for name in ["leaks", "goleaks"] {
+        let (_, listed) = binary(name, versions[0])?;
+        for (index, (pattern, kind)) in list_patterns(&listed)?.into_iter().enumerate() {
+            let version = versions[usize::from(index % 3 == 2)];
+            let (file_name, exe) = binary(name, version)?;
+            programs.push(AgentProgram {
+                label: format!("{name} {pattern} ({kind}, Go {version})"),
+                binary: file_name,
+                exe,
+                args: ["-pattern", &pattern, "-duration", "0"]
+                    .map(String::from)
+                    .to_vec(),
+            });
+        }
+    }
+    for version in versions.iter().cycle() {
+        if programs.len() >= AGENT_PROGRAMS {
+            break;
+        }
+        let (file_name, exe) = binary("idle", version)?;
+        programs.push(AgentProgram {
+            label: format!("idle (Go {version})"),
+            binary: file_name,
+            exe,
+            args: Vec::new(),
+        });
+    }
+    programs.truncate(AGENT_PROGRAMS);
+    Ok(programs)
+}
+
+/// The `PATTERN <name> <kind>` lines of `program -list`.
+fn list_patterns(program: &Path) -> Result<Vec<(String, String)>> {
+    let output = Command::new(program)
+        .arg("-list")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {} -list", program.display()))?;
+    ensure!(
+        output.status.success(),
+        "{} -list failed: {}",
+        program.display(),
+        output.status
+    );
+    let patterns: Vec<(String, String)> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(
+            |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["PATTERN", name, kind] => Some((name.to_owned(), kind.to_owned())),
+                _ => None,
+            },
+        )
+        .collect();
+    ensure!(
+        !patterns.is_empty(),
+        "{} -list printed no patterns",
+        program.display()
+    );
+    Ok(patterns)
+}
+
+/// One round: programs, untraced window, agent, traced window, agent stopped, untraced window,
+/// programs stopped.
+fn agent_round(
+    memtrace: &Path,
+    programs: &[AgentProgram],
+    dir: &Path,
+    round_dir: &Path,
+    window: Duration,
+    round: u32,
+    options: &Options,
+) -> Result<AgentRound> {
+    let rounds = options.agent_rounds;
+    let _ = std::fs::remove_dir_all(round_dir);
+    std::fs::create_dir_all(round_dir)
+        .with_context(|| format!("cannot create {}", round_dir.display()))?;
+    let mut fleet = Fleet::start(programs, round_dir)?;
+    fleet.wait_ready(Duration::from_secs(10))?;
+    thread::sleep(AGENT_WARM_UP);
+    fleet.check_alive()?;
+
+    let half = window / 2;
+    let before = fleet.cpu_over(half)?;
+
+    let port = memtrace_tests::fixtures::prometheus::free_port();
+    let address = format!("127.0.0.1:{port}");
+    let include = format!("exe={}/*", dir.join("bin").display());
+    let mut agent =
+        AgentProcess::start(memtrace, &address, &include, &round_dir.join("agent.log"))?;
+    agent.wait_ready(&fleet)?;
+    thread::sleep(AGENT_SETTLE);
+    agent.check_running()?;
+    fleet.check_alive()?;
+
+    // The traced window. The scrape at its start is outside it, the one at its end inside:
+    // one scrape per AGENT_RSS_INTERVAL * AGENT_SCRAPE_EVERY.
+    let first = Scrape::get(&address)?;
+    let mut others = other_agents(agent.pid());
+    let agent_ticks = cpu_ticks(agent.pid())?;
+    let program_ticks = fleet.cpu_ticks()?;
+    let started = Instant::now();
+    let mut rss = vec![status_bytes(agent.pid(), "VmRSS")?];
+    let samples = window.as_secs().div_ceil(AGENT_RSS_INTERVAL.as_secs());
+    let mut last = None;
+    for sample in 1..=samples {
+        let due = (AGENT_RSS_INTERVAL * u32::try_from(sample)?).min(window);
+        thread::sleep(due.saturating_sub(started.elapsed()));
+        agent.check_running()?;
+        fleet.check_alive()?;
+        if sample == samples {
+            last = Some(Scrape::get(&address)?);
+        } else if sample % AGENT_SCRAPE_EVERY == 0 {
+            Scrape::get(&address)?;
+        }
+        rss.push(status_bytes(agent.pid(), "VmRSS")?);
+    }
+    let agent_ticks = cpu_ticks(agent.pid())?.saturating_sub(agent_ticks);
+    let traced_ticks = fleet.cpu_ticks()?.saturating_sub(program_ticks);
+    let traced_seconds = started.elapsed().as_secs_f64();
+    let rss_peak = status_bytes(agent.pid(), "VmHWM")?;
+    let last = last.context("no scrape at the window's end")?;
+    for other in other_agents(agent.pid()) {
+        if !others.contains(&other) {
+            others.push(other);
+        }
+    }
+    let unusual_rates = unusual_rates(&address, &fleet);
+
+    let ticks_per_second = clock_ticks_per_second();
+    let events = |scrape: &Scrape| scrape.per_pid("memtrace_events_total");
+    let (events_first, events_last) = (events(&first), events(&last));
+    let event_delta: f64 = events_last
+        .iter()
+        .filter_map(|(pid, count)| Some(count - events_first.get(pid)?))
+        .sum();
+    let rates: Vec<f64> = last
+        .per_pid("memtrace_sample_rate_bytes")
+        .into_values()
+        .collect();
+    let mut measured = AgentRound {
+        agent_cpu_percent: 100.0 * agent_ticks as f64 / ticks_per_second / traced_seconds,
+        rss_start: rss[0],
+        rss_max: rss.iter().copied().fold(0.0, f64::max),
+        rss_final: rss[rss.len() - 1],
+        rss_peak,
+        events_per_s: event_delta / traced_seconds,
+        drops_window: last.sum("memtrace_events_dropped_total")
+            - first.sum("memtrace_events_dropped_total"),
+        drops_total: last.sum("memtrace_events_dropped_total"),
+        lost: last
+            .samples
+            .iter()
+            .filter(|sample| sample.name == "memtrace_agent_events_lost_total")
+            .map(|sample| (sample.label("kind").unwrap_or("").to_owned(), sample.value))
+            .collect(),
+        targets: last.value("memtrace_agent_targets").unwrap_or(f64::NAN),
+        rate_range: (
+            rates.iter().copied().fold(f64::INFINITY, f64::min),
+            rates.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        ),
+        throttled: last.sum("memtrace_budget_throttled"),
+        untraced_cpu_percent: f64::NAN,
+        traced_cpu_percent: 100.0 * traced_ticks as f64 / ticks_per_second / traced_seconds,
+        unusual_rates,
+        other_agents: others,
+    };
+    println!(
+        "bench: agent round {round}/{rounds}: traced {:.0} s: agent CPU {:.2}% of a core, \
+         RSS {} -> {} (max {}, peak since start {}), {} events/s, drops {} (window) {} (total), \
+         lost {}, programs' CPU {:.1}% of a core",
+        traced_seconds,
+        measured.agent_cpu_percent,
+        format_mb(measured.rss_start),
+        format_mb(measured.rss_final),
+        format_mb(measured.rss_max),
+        format_mb(measured.rss_peak),
+        format_count(measured.events_per_s),
+        format_count(measured.drops_window),
+        format_count(measured.drops_total),
+        format_count(measured.lost_total()),
+        measured.traced_cpu_percent,
+    );
+    for rate in &measured.unusual_rates {
+        println!("bench: agent round {round}/{rounds}: sample rate of {rate}");
+    }
+    for other in &measured.other_agents {
+        println!(
+            "bench: agent round {round}/{rounds}: note: another memtrace agent ran meanwhile \
+             (it also traces these programs if its filters admit them): {other}"
+        );
+    }
+
+    agent.stop()?;
+    thread::sleep(AGENT_SETTLE);
+    fleet.check_alive()?;
+    let after = fleet.cpu_over(half)?;
+    fleet.stop()?;
+
+    let (ticks, seconds) = (before.0 + after.0, before.1 + after.1);
+    measured.untraced_cpu_percent = 100.0 * ticks as f64 / ticks_per_second / seconds;
+    println!(
+        "bench: agent round {round}/{rounds}: programs' CPU untraced {:.1}% of a core \
+         ({:.1}% over {:.0} s before the agent, {:.1}% over {:.0} s after), traced {:.1}%: \
+         {:.3}x",
+        measured.untraced_cpu_percent,
+        100.0 * before.0 as f64 / ticks_per_second / before.1,
+        before.1,
+        100.0 * after.0 as f64 / ticks_per_second / after.1,
+        after.1,
+        measured.traced_cpu_percent,
+        measured.programs_ratio(),
+    );
+    Ok(measured)
+}
+
+/// The agent benchmark's table: each round, the medians, and the goals.
+fn agent_report(rounds: &[AgentRound], programs: usize, options: &Options) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nagent: {programs} programs traced at once, default sampled mode, {} s traced window \
+         ({} s untraced around it) per round, {} of {} rounds measured\n",
+        options.agent_window,
+        options.agent_window / 2 * 2,
+        rounds.len(),
+        options.agent_rounds,
+    );
+    let _ = writeln!(
+        out,
+        "{:<7} {:>10} {:>9} {:>9} {:>14} {:>9} {:>7} {:>5} {:>10} {:>9} {:>9} {:>8}",
+        "round",
+        "agent CPU",
+        "max RSS",
+        "end RSS",
+        "RSS growth",
+        "events/s",
+        "drops",
+        "lost",
+        "rates",
+        "untraced",
+        "traced",
+        "ratio"
+    );
+    let row = |out: &mut String, name: &str, r: &AgentRound, ratio: f64| {
+        let growth = (r.rss_final - r.rss_start) / 1e6 / (options.agent_window as f64 / 60.0);
+        // Rates that differ are listed in the notes.
+        let rates = if r.rate_range.0 == r.rate_range.1 {
+            format_bytes(r.rate_range.0)
+        } else {
+            format!("≤{}", format_bytes(r.rate_range.1))
+        };
+        let _ = writeln!(
+            out,
+            "{name:<7} {:>9.2}% {:>9} {:>9} {:>+7.1} MB/min {:>9} {:>7} {:>5} {:>10} {:>8.1}% {:>8.1}% {:>7.3}x",
+            r.agent_cpu_percent,
+            format_mb(r.rss_max),
+            format_mb(r.rss_final),
+            growth,
+            format_count(r.events_per_s),
+            format_count(r.drops_total),
+            format_count(r.lost_total()),
+            rates,
+            r.untraced_cpu_percent,
+            r.traced_cpu_percent,
+            ratio,
+        );
+    };
+    for (index, r) in rounds.iter().enumerate() {
+        row(&mut out, &(index + 1).to_string(), r, r.programs_ratio());
+    }
+    let pick = |value: fn(&AgentRound) -> f64| median(rounds.iter().map(value)).unwrap_or(f64::NAN);
+    let Some(first) = rounds.first() else {
+        let _ = writeln!(out, "no round measured: no numbers");
+        return out;
+    };
+    let medians = AgentRound {
+        agent_cpu_percent: pick(|r| r.agent_cpu_percent),
+        rss_start: pick(|r| r.rss_start),
+        rss_max: pick(|r| r.rss_max),
+        rss_final: pick(|r| r.rss_final),
+        rss_peak: pick(|r| r.rss_peak),
+        events_per_s: pick(|r| r.events_per_s),
+        drops_window: pick(|r| r.drops_window),
+        drops_total: pick(|r| r.drops_total),
+        lost: vec![(String::new(), pick(AgentRound::lost_total))],
+        targets: pick(|r| r.targets),
+        rate_range: (pick(|r| r.rate_range.0), pick(|r| r.rate_range.1)),
+        throttled: pick(|r| r.throttled),
+        untraced_cpu_percent: pick(|r| r.untraced_cpu_percent),
+        traced_cpu_percent: pick(|r| r.traced_cpu_percent),
+        unusual_rates: Vec::new(),
+        other_agents: Vec::new(),
+    };
+    // The ratio's median is that of the per-round ratios, not the ratio of the medians.
+    row(
+        &mut out,
+        "median",
+        &medians,
+        pick(AgentRound::programs_ratio),
+    );
+    let _ = writeln!(
+        out,
+        "(agent CPU: user + system, /proc/PID/stat, percent of one core; RSS: VmRSS sampled \
+         every {} s over the window, MB = 10^6 bytes; RSS growth: end minus start of the window; \
+         events/s: memtrace_events_total of every process; drops: memtrace_events_dropped_total \
+         since attaching; lost: memtrace_agent_events_lost_total; rates: \
+         memtrace_sample_rate_bytes at the end, the largest if they differ; untraced, traced: the programs' total CPU, \
+         percent of one core, with the heap profiler off in the programs that do not import \
+         runtime/pprof (leaks, idle) until the agent turns it on; ratio: traced / untraced, the \
+         median of the per-round ratios)",
+        AGENT_RSS_INTERVAL.as_secs()
+    );
+    let odd: Vec<String> = rounds
+        .iter()
+        .enumerate()
+        .flat_map(|(index, r)| {
+            let mut notes = Vec::new();
+            if r.targets != programs as f64 {
+                notes.push(format!(
+                    "round {}: {} targets at the window's end",
+                    index + 1,
+                    r.targets
+                ));
+            }
+            if r.throttled > 0.0 {
+                notes.push(format!(
+                    "round {}: {} processes throttled by the budget",
+                    index + 1,
+                    r.throttled
+                ));
+            }
+            for (kind, count) in &r.lost {
+                if *count > 0.0 {
+                    notes.push(format!("round {}: lost {kind} {count}", index + 1));
+                }
+            }
+            for rate in &r.unusual_rates {
+                notes.push(format!("round {}: sample rate of {rate}", index + 1));
+            }
+            for other in &r.other_agents {
+                notes.push(format!(
+                    "round {}: another memtrace agent ran meanwhile (it also traces the \
+                     programs if its filters admit them): {other}",
+                    index + 1
+                ));
+            }
+            notes
+        })
+        .collect();
+    for note in odd {
+        let _ = writeln!(out, "note: {note}");
+    }
+    let verdict = |met: bool| if met { "PASS" } else { "MISS" };
+    let _ =
+        writeln!(
+        out,
+        "goal: agent CPU < {AGENT_CPU_GOAL_PERCENT}% of one core: {} (median {:.2}%, worst round \
+         {:.2}%)\ngoal: agent RSS < {} : {} (median of the rounds' max {}, worst {}; peak since \
+         start, median {})",
+        verdict(medians.agent_cpu_percent < AGENT_CPU_GOAL_PERCENT),
+        medians.agent_cpu_percent,
+        rounds
+            .iter()
+            .map(|r| r.agent_cpu_percent)
+            .fold(first.agent_cpu_percent, f64::max),
+        format_mb(AGENT_RSS_GOAL_BYTES),
+        verdict(medians.rss_max < AGENT_RSS_GOAL_BYTES),
+        format_mb(medians.rss_max),
+        format_mb(rounds.iter().map(|r| r.rss_max).fold(first.rss_max, f64::max)),
+        format_mb(medians.rss_peak),
+    );
+    out
+}
+
+/// The default `runtime.MemProfileRate` the agent sets: 512 KiB.
+const DEFAULT_RATE: f64 = 524_288.0;
+
+/// The programs whose sample rate is not [`DEFAULT_RATE`], from `/api/targets`: `leaks churn
+/// (...) (pid N) at 4.00 MiB (reason budget, goroutine records on)`.
+fn unusual_rates(address: &str, fleet: &Fleet) -> Vec<String> {
+    let targets = match memtrace_tests::fixtures::http::try_get(address, "/api/targets") {
+        Ok(response) if response.status == 200 => {
+            serde_json::from_slice::<serde_json::Value>(&response.body).unwrap_or_default()
+        }
+        Ok(response) => return vec![format!("(/api/targets: HTTP {})", response.status)],
+        Err(error) => return vec![format!("(/api/targets: {error})")],
+    };
+    let labels = fleet.pids();
+    targets["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|target| target["sample_rate_bytes"].as_f64() != Some(DEFAULT_RATE))
+        .map(|target| {
+            let pid = target["pid"].as_u64().unwrap_or(0);
+            let label = labels
+                .iter()
+                .find(|(known, _)| u64::from(*known) == pid)
+                .map_or("?", |(_, label)| label);
+            format!(
+                "{label} (pid {pid}) at {} (reason {}, goroutine records {})",
+                target["sample_rate_bytes"]
+                    .as_f64()
+                    .map_or_else(|| "?".to_owned(), format_bytes),
+                target["sample_rate_reason"].as_str().unwrap_or("?"),
+                if target["goroutine_records"].as_bool() == Some(false) {
+                    "off"
+                } else {
+                    "on"
+                },
+            )
+        })
+        .collect()
+}
+
+/// Other `memtrace agent` processes on the machine than `ours`: `pid N: memtrace agent ...`.
+fn other_agents(ours: u32) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == ours {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|&byte| byte == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect();
+        let is_memtrace = args
+            .first()
+            .is_some_and(|exe| Path::new(exe).file_name().is_some_and(|n| n == "memtrace"));
+        if is_memtrace && args.get(1).is_some_and(|arg| arg == "agent") {
+            found.push(format!("pid {pid}: {}", args.join(" ")));
+        }
+    }
+    found
+}
+
+/// The workload's processes; killed (SIGKILL) if still running when dropped.
+struct Fleet {
+    processes: Vec<FleetProcess>,
+}
+
+struct FleetProcess {
+    label: String,
+    child: std::process::Child,
+    /// Its stdout and stderr.
+    log: PathBuf,
+}
+
+impl FleetProcess {
+    fn log_tail(&self) -> String {
+        last_lines(&std::fs::read_to_string(&self.log).unwrap_or_default(), 10)
+    }
+}
+
+impl Fleet {
+    fn start(programs: &[AgentProgram], dir: &Path) -> Result<Fleet> {
+        let mut fleet = Fleet {
+            processes: Vec::new(),
+        };
+        for (index, program) in programs.iter().enumerate() {
+            let log = dir.join(format!(
+                "{index:02}-{}.log",
+                program
+                    .label
+                    .split(" (")
+                    .next()
+                    .unwrap_or("")
+                    .replace(' ', "-")
+            ));
+            let mut command = Command::new(&program.exe);
+            command.args(&program.args);
+            let child = spawn_logged(&mut command, &log)?;
+            fleet.processes.push(FleetProcess {
+                label: program.label.clone(),
+                child,
+                log,
+            });
+        }
+        Ok(fleet)
+    }
+
+    fn pids(&self) -> Vec<(u32, &str)> {
+        self.processes
+            .iter()
+            .map(|p| (p.child.id(), p.label.as_str()))
+            .collect()
+    }
+
+    /// Waits until every program printed `READY`.
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            self.check_alive()?;
+            let waiting: Vec<&str> = self
+                .processes
+                .iter()
+                .filter(|p| {
+                    !std::fs::read_to_string(&p.log)
+                        .unwrap_or_default()
+                        .lines()
+                        .any(|line| line.starts_with("READY"))
+                })
+                .map(|p| p.label.as_str())
+                .collect();
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            ensure!(
+                started.elapsed() < timeout,
+                "no READY within {timeout:?} from {}",
+                waiting.join(", ")
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fails if a program exited, with its exit status and output.
+    fn check_alive(&mut self) -> Result<()> {
+        for process in &mut self.processes {
+            if let Some(status) = process.child.try_wait()? {
+                bail!(
+                    "{} (pid {}) exited early: {status}; its output:\n{}",
+                    process.label,
+                    process.child.id(),
+                    process.log_tail()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The programs' user + system CPU, in clock ticks.
+    fn cpu_ticks(&self) -> Result<u64> {
+        self.processes.iter().map(|p| cpu_ticks(p.child.id())).sum()
+    }
+
+    /// The programs' CPU (clock ticks) over `duration`, and the seconds it took.
+    fn cpu_over(&mut self, duration: Duration) -> Result<(u64, f64)> {
+        let ticks = self.cpu_ticks()?;
+        let started = Instant::now();
+        thread::sleep(duration);
+        self.check_alive()?;
+        let ticks = self.cpu_ticks()?.saturating_sub(ticks);
+        Ok((ticks, started.elapsed().as_secs_f64()))
+    }
+
+    /// SIGTERM to every program; each must exit 0 within [`AGENT_STOP_TIMEOUT`].
+    fn stop(&mut self) -> Result<()> {
+        for process in &self.processes {
+            signal(process.child.id(), libc::SIGTERM);
+        }
+        let deadline = Instant::now() + AGENT_STOP_TIMEOUT;
+        let mut problems = Vec::new();
+        for mut process in std::mem::take(&mut self.processes) {
+            match wait_until(&mut process.child, deadline)? {
+                Some(status) if status.success() => {}
+                Some(status) => problems.push(format!(
+                    "{} exited with {status} on SIGTERM; its output:\n{}",
+                    process.label,
+                    process.log_tail()
+                )),
+                None => {
+                    let _ = process.child.kill();
+                    let _ = process.child.wait();
+                    problems.push(format!(
+                        "{} did not exit within {AGENT_STOP_TIMEOUT:?} of SIGTERM (killed)",
+                        process.label
+                    ));
+                }
+            }
+        }
+        ensure!(problems.is_empty(), "{}", problems.join("\n"));
+        Ok(())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for process in &mut self.processes {
+            let _ = process.child.kill();
+        }
+        for process in &mut self.processes {
+            let _ = process.child.wait();
+        }
+    }
+}
+
+/// A running `memtrace agent`; killed (SIGKILL) if still running when dropped.
+struct AgentProcess {
+    child: std::process::Child,
+    address: String,
+    /// Its stdout and stderr.
+    log: PathBuf,
+}
+
+/// Starts `command` with no stdin and both output streams into the file `log`.
+fn spawn_logged(command: &mut Command, log: &Path) -> Result<std::process::Child> {
+    let file =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("cannot run `{}`", describe(command)))
+}
+
+impl AgentProcess {
+    fn start(memtrace: &Path, address: &str, include: &str, log: &Path) -> Result<AgentProcess> {
+        let mut command = Command::new(memtrace);
+        command.args(["agent", "--listen", address, "--include", include]);
+        let child = spawn_logged(&mut command, log)?;
+        Ok(AgentProcess {
+            child,
+            address: address.to_owned(),
+            log: log.to_owned(),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_tail(&self) -> String {
+        last_lines(&std::fs::read_to_string(&self.log).unwrap_or_default(), 20)
+    }
+
+    /// Fails if the agent exited, with its exit status and log.
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "memtrace agent exited: {status}; its log ({}):\n{}",
+                self.log.display(),
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits for `/readyz` to answer 200 and for every program of `fleet` to be traced.
+    fn wait_ready(&mut self, fleet: &Fleet) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            self.check_running()?;
+            let answer = memtrace_tests::fixtures::http::try_get(&self.address, "/readyz");
+            let last = match answer {
+                Ok(response) if response.status == 200 => break,
+                Ok(response) => format!("HTTP {}: {}", response.status, response.text()),
+                Err(error) => error.to_string(),
+            };
+            ensure!(
+                started.elapsed() < AGENT_START_TIMEOUT,
+                "the agent's /readyz did not answer 200 within {AGENT_START_TIMEOUT:?}: {last}; \
+                 its log:\n{}",
+                self.log_tail()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        loop {
+            self.check_running()?;
+            let scrape = Scrape::get(&self.address)?;
+            let targets = scrape.value("memtrace_agent_targets").unwrap_or(0.0);
+            let traced = scrape.per_pid("memtrace_events_total");
+            let missing: Vec<String> = fleet
+                .pids()
+                .into_iter()
+                .filter(|(pid, _)| !traced.contains_key(pid))
+                .map(|(pid, label)| format!("{label} (pid {pid})"))
+                .collect();
+            if missing.is_empty() && targets >= AGENT_PROGRAMS.min(fleet.processes.len()) as f64 {
+                return Ok(());
+            }
+            if started.elapsed() >= AGENT_START_TIMEOUT {
+                let skipped: Vec<String> = scrape
+                    .samples
+                    .iter()
+                    .filter(|s| s.name == "memtrace_agent_skipped_total" && s.value > 0.0)
+                    .map(|s| format!("{} {}", s.label("reason").unwrap_or("?"), s.value))
+                    .collect();
+                bail!(
+                    "after {AGENT_START_TIMEOUT:?} the agent traces {targets} processes; not \
+                     traced: {}; skipped: {}; its log:\n{}",
+                    missing.join(", "),
+                    skipped.join(", "),
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// SIGTERM; the agent must exit 0 within [`AGENT_STOP_TIMEOUT`].
+    fn stop(&mut self) -> Result<()> {
+        self.check_running()?;
+        signal(self.pid(), libc::SIGTERM);
+        let stopping = Instant::now();
+        match wait_until(&mut self.child, stopping + AGENT_STOP_TIMEOUT)? {
+            Some(status) if status.success() => {
+                println!(
+                    "bench: agent stopped on SIGTERM in {}",
+                    format_ns(duration_ns(stopping.elapsed()))
+                );
+                Ok(())
+            }
+            Some(status) => bail!(
+                "memtrace agent exited with {status} on SIGTERM; its log ({}):\n{}",
+                self.log.display(),
+                self.log_tail()
+            ),
+            None => bail!(
+                "memtrace agent did not exit within {AGENT_STOP_TIMEOUT:?} of SIGTERM (it will \
+                 be killed); its log ({}):\n{}",
+                self.log.display(),
+                self.log_tail()
+            ),
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill has no memory effects; `pid` is our unreaped child.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// Waits for `child` until `deadline`: its exit status, or `None` if it still runs.
+fn wait_until(child: &mut std::process::Child, deadline: Instant) -> Result<Option<ExitStatus>> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// User + system CPU of process `pid` (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    parse_stat_ticks(&stat).with_context(|| format!("cannot parse {path}: {stat}"))
+}
+
+/// utime + stime (fields 14 and 15) of a /proc/PID/stat line.
+fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces and parentheses: fields start after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (the state).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`), in bytes.
+fn status_bytes(pid: u32, field: &str) -> Result<f64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    parse_status_kb(&status, field)
+        .map(|kb| kb as f64 * 1024.0)
+        .with_context(|| format!("no {field} in {path}"))
+}
+
+fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        line.strip_prefix(field)?
+            .strip_prefix(':')?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, PartialEq)]
+struct MetricSample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+impl MetricSample {
+    fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// One `/metrics` scrape.
+struct Scrape {
+    samples: Vec<MetricSample>,
+}
+
+impl Scrape {
+    fn get(address: &str) -> Result<Scrape> {
+        let response = memtrace_tests::fixtures::http::try_get(address, "/metrics")
+            .with_context(|| format!("GET http://{address}/metrics"))?;
+        ensure!(
+            response.status == 200,
+            "GET http://{address}/metrics: HTTP {}: {}",
+            response.status,
+            response.text()
+        );
+        Ok(Scrape {
+            samples: response.text().lines().filter_map(parse_sample).collect(),
+        })
+    }
+
+    /// The first sample of `name`.
+    fn value(&self, name: &str) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|sample| sample.name == name)
+            .map(|sample| sample.value)
+    }
+
+    /// The sum of every sample of `name`.
+    fn sum(&self, name: &str) -> f64 {
+        self.samples
+            .iter()
+            .filter(|sample| sample.name == name)
+            .map(|sample| sample.value)
+            .sum()
+    }
+
+    /// The samples of `name` by their `pid` label.
+    fn per_pid(&self, name: &str) -> std::collections::BTreeMap<u32, f64> {
+        self.samples
+            .iter()
+            .filter(|sample| sample.name == name)
+            .filter_map(|sample| Some((sample.label("pid")?.parse().ok()?, sample.value)))
+            .collect()
+    }
+}
+
+/// A sample line of the Prometheus text format (`name{label="value",...} value [timestamp]`);
+/// `None` for comments, blank and malformed lines.
+fn parse_sample(line: &str) -> Option<MetricSample> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
+    let name = line[..name_end].to_owned();
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(mut inside) = rest.strip_prefix('{') {
+        loop {
+            inside = inside.trim_start_matches([',', ' ']);
+            if let Some(after) = inside.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let (key, quoted) = inside.split_once("=\"")?;
+            let mut value = String::new();
+            let mut escaped = false;
+            let mut end = None;
+            for (index, character) in quoted.char_indices() {
+                if escaped {
+                    value.push(if character == 'n' { '\n' } else { character });
+                    escaped = false;
+                } else if character == '\\' {
+                    escaped = true;
+                } else if character == '"' {
+                    end = Some(index);
+                    break;
+                } else {
+                    value.push(character);
+                }
+            }
+            labels.push((key.trim().to_owned(), value));
+            inside = &quoted[end? + 1..];
+        }
+    }
+    let value = match rest.split_whitespace().next()? {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        number => number.parse().ok()?,
+    };
+    Some(MetricSample {
+        name,
+        labels,
+        value,
+    })
+}
+
+/// `38.2 MB` (10^6 bytes).
+fn format_mb(bytes: f64) -> String {
+    format!("{:.1} MB", bytes / 1e6)
+}
+
 /// The command of one run of `case`; a recording case writes to `output`.
 fn case_command(
     case: &Case,
@@ -1322,7 +2455,49 @@ fn last_lines(text: &str, count: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{format_bytes, format_count, format_ns, median, parse_replayed, recorded_events};
+    use super::{
+        format_bytes, format_count, format_ns, median, parse_replayed, parse_sample,
+        parse_stat_ticks, parse_status_kb, recorded_events,
+    };
+
+    #[test]
+    fn proc_files_are_parsed() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0";
+        assert_eq!(parse_stat_ticks(stat), Some(325));
+        assert_eq!(parse_stat_ticks("4242 (short) S 1"), None);
+        let status = "Name:\tmemtrace\nVmHWM:\t   40960 kB\nVmRSS:\t   38012 kB\n";
+        assert_eq!(parse_status_kb(status, "VmRSS"), Some(38012));
+        assert_eq!(parse_status_kb(status, "VmHWM"), Some(40960));
+        assert_eq!(parse_status_kb(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn prometheus_samples_are_parsed() {
+        let sample = |line| parse_sample(line).map(|s| (s.name, s.labels, s.value));
+        assert_eq!(sample("# TYPE memtrace_agent_targets gauge"), None);
+        assert_eq!(sample(""), None);
+        assert_eq!(
+            sample("memtrace_agent_targets 20"),
+            Some(("memtrace_agent_targets".into(), vec![], 20.0))
+        );
+        assert_eq!(
+            sample(
+                r#"memtrace_site_live_bytes{pid="7",function="main.(*T).f",file="a \"b\", c.go",line="3"} 1.5e6"#
+            ),
+            Some((
+                "memtrace_site_live_bytes".into(),
+                vec![
+                    ("pid".into(), "7".into()),
+                    ("function".into(), "main.(*T).f".into()),
+                    ("file".into(), "a \"b\", c.go".into()),
+                    ("line".into(), "3".into()),
+                ],
+                1.5e6
+            ))
+        );
+        assert!(parse_sample("x{pid=\"1\"} NaN").is_some_and(|s| s.value.is_nan()));
+        assert_eq!(sample("x{pid=\"1} 3"), None);
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {
