@@ -457,12 +457,18 @@ impl Agent {
             }
             Err(error) => {
                 let gone = !process_exists(pid);
-                if !gone {
-                    log::warn!("cannot trace pid {pid} ({exe}): {error}");
-                }
                 // Whatever was registered goes again.
                 let _ = self.tracer.remove_target(pid);
                 self.release_binary(key, pid);
+                if let Error::NoProbeSites(_) | Error::MissingRuntimeFunction { .. } = error {
+                    // The binary lacks a site memtrace needs: so will its next process.
+                    log::info!("pid {pid}: {error}");
+                    self.remember_skipped(key, Skip::UnsupportedGo);
+                    return Err(Skip::UnsupportedGo);
+                }
+                if !gone {
+                    log::warn!("cannot trace pid {pid} ({exe}): {error}");
+                }
                 Err(if gone { Skip::Vanished } else { Skip::Failed })
             }
         }
