@@ -228,7 +228,7 @@ pub(crate) fn target_config(target: &Target, load_bias: Option<u64>, mode: Mode)
 }
 
 /// Opens a pidfd, which becomes readable when the process exits.
-pub(crate) fn pidfd_open(pid: u32) -> Result<OwnedFd> {
+fn pidfd_open(pid: u32) -> Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
     if fd < 0 {
@@ -611,7 +611,7 @@ const GOROUTINE_GROUPS_SHOWN: usize = 3;
 const GOROUTINE_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often a recording writes what it has (and the progress line is redrawn).
-pub(crate) const RECORD_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+const RECORD_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The progress line of a recording, on stderr: redrawn in place on a terminal, else a line
 /// every [`PROGRESS_LOG_INTERVAL`].

@@ -57,6 +57,8 @@ pub struct Traced {
     main_started: Option<u64>,
     /// The rate before the budget changed it (the floor it steps back down to).
     pub base_rate: Option<u64>,
+    /// Why it had that rate.
+    base_reason: RateReason,
     pub rate_reason: RateReason,
     /// Budget changes of the rate, and of goroutine records.
     pub budget_changes: u64,
@@ -98,6 +100,7 @@ impl Traced {
             started: Instant::now(),
             main_started,
             base_rate: None,
+            base_reason: RateReason::Pending,
             rate_reason: RateReason::Pending,
             budget_changes: 0,
             calm_seconds: 0,
@@ -150,12 +153,13 @@ impl Traced {
         }
         self.analysis.set_sampling(self.rate.sampling(mode));
         self.base_rate = self.rate.effective();
-        self.rate_reason = match self.rate.describe() {
+        self.base_reason = match self.rate.describe() {
             Some(MemProfileRate {
                 written: Some(_), ..
             }) => RateReason::Memtrace,
             _ => RateReason::Program,
         };
+        self.rate_reason = self.base_reason;
         self.record(&Entry::Sampling(self.analysis.sampling()));
         Ok(())
     }
@@ -226,10 +230,7 @@ impl Traced {
         if changed {
             self.analysis.set_sampling(self.rate.sampling(mode));
             self.rate_reason = if Some(rate_bytes) == self.base_rate {
-                match self.rate_reason {
-                    RateReason::Budget => RateReason::Memtrace,
-                    other => other,
-                }
+                self.base_reason
             } else {
                 RateReason::Budget
             };
