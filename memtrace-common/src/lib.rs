@@ -225,7 +225,11 @@ pub struct TargetConfig {
     pub g_parent_goid: u32,
     pub g_gopc: u32,
     pub g_startpc: u32,
-    pub _pad: u32,
+    /// Most goroutine creation records per [`GOROUTINE_RECORD_WINDOW_NS`] (0: no limit).
+    /// The node agent's budget sets it, so that a burst of goroutines cannot fill the ring
+    /// buffer before userspace reacts; creations beyond it are counted in `STATS` but send
+    /// no record (and `global_counter::GOROUTINE_RECORDS_THINNED` counts them).
+    pub goroutine_records_per_window: u32,
     /// Least time between two GC records (0: a record per cycle). The node agent thins out
     /// the records of programs that collect hundreds of times a second; only applied with
     /// [`flags::GC_GLOBALS`], whose cycle numbers keep the analysis's epochs exact.
@@ -233,8 +237,15 @@ pub struct TargetConfig {
     pub gc_record_gap_ns: u64,
     /// When the last GC record was sent: the probe's own state, written by the probe.
     pub last_gc_record_ns: u64,
+    /// Start of the current goroutine-record window and the records sent in it: the
+    /// probe's own state.
+    pub goroutine_window_start_ns: u64,
+    pub goroutine_window_records: u64,
 }
-const _: () = assert!(core::mem::size_of::<TargetConfig>() == 8 * 5 + 4 * 12 + 8 * 2);
+const _: () = assert!(core::mem::size_of::<TargetConfig>() == 8 * 5 + 4 * 12 + 8 * 4);
+
+/// The window of [`TargetConfig::goroutine_records_per_window`]: 100 ms.
+pub const GOROUTINE_RECORD_WINDOW_NS: u64 = 100_000_000;
 
 /// Exact allocation totals and loss counters of one target on one CPU (a `PerCpuHashMap`
 /// value keyed by tgid). Userspace sums the CPUs.
@@ -307,7 +318,10 @@ pub mod global_counter {
     pub const STATS_MAP_FULL: u32 = 1;
     /// A process exec or exit record could not be sent (ring buffer full).
     pub const PROCESS_EVENTS_LOST: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Goroutine creations whose record the per-process limit held back (counted in
+    /// `TargetStats::goroutines_created` all the same).
+    pub const GOROUTINE_RECORDS_THINNED: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 #[cfg(feature = "user")]

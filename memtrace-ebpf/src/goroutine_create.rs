@@ -16,10 +16,12 @@ use aya_ebpf::{
     macros::uprobe,
     programs::{tracing::StackIdContext, ProbeContext},
 };
-use memtrace_common::{flags, tag, GoroutineCreate};
+use memtrace_common::{
+    flags, global_counter, tag, GoroutineCreate, TargetConfig, GOROUTINE_RECORD_WINDOW_NS,
+};
 
 use crate::{
-    maps::{submit_flags, EVENTS, GOROUTINE_STACKS, STACK_BY_GO_STATEMENT},
+    maps::{count_global, submit_flags, EVENTS, GOROUTINE_STACKS, STACK_BY_GO_STATEMENT, TARGETS},
     target::{current, read},
 };
 
@@ -32,6 +34,10 @@ pub fn goroutine_create(ctx: ProbeContext) -> u32 {
     let newg = unsafe { (*ctx.regs).rbx };
     stats.goroutines_created += 1;
     if config.flags & flags::NO_GOROUTINE_RECORDS != 0 {
+        return 0;
+    }
+    if config.goroutine_records_per_window != 0 && !within_record_limit(tgid, config) {
+        count_global(global_counter::GOROUTINE_RECORDS_THINNED);
         return 0;
     }
     let go_pc = read::<u64>(stats, newg + config.g_gopc as u64).unwrap_or(0);
@@ -75,4 +81,28 @@ pub fn goroutine_create(ctx: ProbeContext) -> u32 {
     unsafe { (*created).stack_id = stack_id };
     record.submit(submit_flags(size_of::<GoroutineCreate>() as u64));
     0
+}
+
+/// Whether the process may send one more goroutine record in the current window (and counts
+/// it). Creations on several CPUs race on the counter: the limit is approximate, by a few
+/// records, which is all a guard against bursts needs.
+#[inline(always)]
+fn within_record_limit(tgid: u32, config: &TargetConfig) -> bool {
+    let Some(entry) = TARGETS.get_ptr_mut(tgid) else {
+        return true;
+    };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the process's own entry; a racing update costs at most a few records more.
+    unsafe {
+        if now.wrapping_sub((*entry).goroutine_window_start_ns) >= GOROUTINE_RECORD_WINDOW_NS {
+            (*entry).goroutine_window_start_ns = now;
+            (*entry).goroutine_window_records = 0;
+        }
+        if (*entry).goroutine_window_records >= u64::from(config.goroutine_records_per_window) {
+            return false;
+        }
+        (*entry).goroutine_window_records += 1;
+    }
+    true
 }

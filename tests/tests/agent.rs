@@ -824,6 +824,9 @@ fn budget_lowers_the_sampling_of_loud_processes() {
         metric(&after, "memtrace_budget_throttled", flood.pid()),
         Some(1.0)
     );
+    // The kernel held back the burst before userspace turned the records off.
+    let thinned = metric_value(&after, "memtrace_agent_goroutine_records_thinned_total").unwrap();
+    assert!(thinned > 0.0, "no goroutine record was thinned:\n{after}");
     // Goroutines are still counted exactly.
     let created = metric(&after, "memtrace_goroutines_created_total", flood.pid()).unwrap();
     assert!(created > 100_000.0, "goroutines counted: {created}");

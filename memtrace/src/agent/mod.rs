@@ -496,6 +496,7 @@ impl Agent {
             self.mode,
             self.options.goroutines,
             symbols.clone(),
+            self.options.budget.per_process,
         )?;
         self.tracer.add_target(pid, traced.config)?;
         self.share_probes(&traced.target, key, symbols)?;

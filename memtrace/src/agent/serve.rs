@@ -398,6 +398,15 @@ impl Agent {
         );
         out.sample(&[("kind", "stray-records")], counters.stray_records as f64);
         out.family(
+            "memtrace_agent_goroutine_records_thinned_total",
+            Kind::Counter,
+            "Goroutine creations whose record the per-process limit held back (bursts above half a process's budget within 100 ms); every creation is still counted.",
+        )
+        .sample(
+            &[],
+            global(memtrace_common::global_counter::GOROUTINE_RECORDS_THINNED),
+        );
+        out.family(
             "memtrace_agent_budget_events_per_second",
             Kind::Gauge,
             "The overhead budget: events per second allowed per process and for the node.",

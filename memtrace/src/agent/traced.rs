@@ -73,6 +73,8 @@ pub struct Traced {
 }
 
 impl Traced {
+    /// `events_per_s`: the process's share of the budget; half of it may be goroutine
+    /// creation records, enforced in the kernel per 100 ms window.
     pub fn new(
         target: Target,
         key: BinaryKey,
@@ -80,10 +82,14 @@ impl Traced {
         mode: Mode,
         goroutines: bool,
         symbols: Rc<SharedSymbols>,
+        events_per_s: f64,
     ) -> Result<Traced> {
         let bias = target.load_bias_within(std::time::Duration::from_millis(200));
         let mut config = target_config(&target, Some(bias), mode);
         config.gc_record_gap_ns = GC_RECORD_GAP.as_nanos() as u64;
+        let windows_per_s = 1e9 / memtrace_common::GOROUTINE_RECORD_WINDOW_NS as f64;
+        config.goroutine_records_per_window =
+            (events_per_s / 2.0 / windows_per_s).clamp(1.0, f64::from(u32::MAX)) as u32;
         let rate = RateControl::new(&target, mode)?;
         let symbolizer = Symbolizer::sharing(target.binary.clone(), symbols);
         let analysis = Analysis::new(symbolizer, rate.sampling(mode));
