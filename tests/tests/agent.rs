@@ -28,6 +28,7 @@ use serde_json::Value;
 
 const GO: &str = "1.26.6";
 const OTHER_GO: &str = "1.22.10";
+const NODE_NAME: &str = "node-a1";
 
 /// The capabilities `deploy/kubernetes/memtrace.yaml` adds, read from the manifest itself, so
 /// that the tests prove the manifest's set is enough.
@@ -82,6 +83,8 @@ impl Agent {
             .arg(memtrace_bin())
             .args(["agent", "--listen", &address])
             .args(args)
+            // What the DaemonSet sets from the downward API.
+            .env("NODE_NAME", NODE_NAME)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -364,6 +367,7 @@ fn agent_traces_a_node_and_feeds_prometheus_and_pprof() {
     let prometheus = Prometheus::start(&[&agent.address], Duration::from_secs(1));
     let (early_entry, _) = agent.wait_target(early.pid(), Duration::from_secs(5));
     assert_eq!(early_entry["container_id"], Value::Null, "{early_entry}");
+    assert_eq!(agent.targets()["node"], NODE_NAME);
 
     // Started after it: each found through the exec tracepoint.
     let (uid_a, id_a) = (random_uid(), random_container_id());
@@ -490,7 +494,7 @@ fn agent_traces_a_node_and_feeds_prometheus_and_pprof() {
     }
     // Joined with the target info, the pod's name comes along.
     let joined = prometheus.query(
-        "memtrace_leak_suspects * on(pid) group_left(pod, namespace, pod_uid) memtrace_target_info > 0",
+        "memtrace_leak_suspects * on(pid) group_left(pod, namespace, pod_uid, node) memtrace_target_info > 0",
     );
     assert!(
         joined
@@ -499,7 +503,8 @@ fn agent_traces_a_node_and_feeds_prometheus_and_pprof() {
             .iter()
             .any(|s| s["metric"]["pod"] == "cart-7d9f"
                 && s["metric"]["namespace"] == "shop"
-                && s["metric"]["pod_uid"] == uid_a.as_str()),
+                && s["metric"]["pod_uid"] == uid_a.as_str()
+                && s["metric"]["node"] == NODE_NAME),
         "joined query: {joined}"
     );
     let goroutine_series = prometheus.wait_for_series(

@@ -131,12 +131,9 @@ impl Skip {
 #[derive(Default)]
 pub struct Counters {
     pub exec_events: u64,
-    pub exit_events: u64,
     pub attached: u64,
     pub detached: u64,
     pub skipped: HashMap<Skip, u64>,
-    pub probe_sets_attached: u64,
-    pub probe_sets_detached: u64,
     /// Records of processes memtrace no longer (or not yet) traces.
     pub stray_records: u64,
 }
@@ -316,8 +313,6 @@ impl Agent {
                 tag::PROCESS_EXEC | tag::PROCESS_EXIT => {
                     if tag == tag::PROCESS_EXEC {
                         self.counters.exec_events += 1;
-                    } else {
-                        self.counters.exit_events += 1;
                     }
                     self.process_events.push((tag, pid, ts_ns));
                 }
@@ -327,7 +322,9 @@ impl Agent {
                         continue;
                     };
                     traced.records += 1;
-                    touched.insert(pid);
+                    if touched.insert(pid) {
+                        traced.before_drain();
+                    }
                     match traced.analysis.decode(&record) {
                         Some(event) => {
                             let ready = matches!(event, Event::RuntimeReady { .. });
@@ -541,7 +538,6 @@ impl Agent {
             self.tracer.detach_in_background(links);
             return Err(error);
         }
-        self.counters.probe_sets_attached += 1;
         log::info!(
             "attached {} probes to {} (shared by its processes)",
             links.len(),
@@ -740,7 +736,6 @@ impl Agent {
         for key in idle {
             if let Some(shared) = self.binaries.remove(&key) {
                 self.tracer.detach_in_background(shared.links);
-                self.counters.probe_sets_detached += 1;
             }
         }
     }

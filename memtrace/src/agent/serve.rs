@@ -15,7 +15,7 @@ use crate::{
         traced::{RateReason, Traced},
         Agent, Skip,
     },
-    analysis::Site,
+    analysis::{LeakVerdict, Site},
     export::{pprof::write_pprof_preferring, Profile},
 };
 
@@ -165,6 +165,11 @@ impl Agent {
         targets.sort_by_key(|traced| traced.pid());
         let node = self.options.node.as_deref().unwrap_or("");
         let pids: Vec<String> = targets.iter().map(|t| t.pid().to_string()).collect();
+        // A pass over every live sampled object: once per process and scrape.
+        let suspects: Vec<Vec<LeakVerdict>> = targets
+            .iter()
+            .map(|t| t.analysis.leak_suspects(&t.analysis.live_summaries()))
+            .collect();
 
         out.family(
             "memtrace_target_info",
@@ -193,7 +198,7 @@ impl Agent {
         }
 
         type Value = fn(&Traced) -> f64;
-        let per_target: [(&str, Kind, &str, Value); 13] = [
+        let per_target: [(&str, Kind, &str, Value); 12] = [
             (
                 "memtrace_live_bytes_estimate",
                 Kind::Gauge,
@@ -229,16 +234,6 @@ impl Agent {
                 Kind::Counter,
                 "Goroutines created since memtrace attached (exact).",
                 |t| t.stats.goroutines_created as f64,
-            ),
-            (
-                "memtrace_leak_suspects",
-                Kind::Gauge,
-                "Allocation sites whose live bytes grow steadily (leak suspects).",
-                |t| {
-                    t.analysis
-                        .leak_suspects(&t.analysis.live_summaries())
-                        .len() as f64
-                },
             ),
             (
                 "memtrace_goroutine_leak_groups",
@@ -284,6 +279,14 @@ impl Agent {
             }
         }
         out.family(
+            "memtrace_leak_suspects",
+            Kind::Gauge,
+            "Allocation sites whose live bytes grow steadily (leak suspects).",
+        );
+        for (verdicts, pid) in suspects.iter().zip(&pids) {
+            out.sample(&[("pid", pid)], verdicts.len() as f64);
+        }
+        out.family(
             "memtrace_budget_throttled",
             Kind::Gauge,
             "1 while the overhead budget holds this process above its own sample rate or its goroutine records off.",
@@ -314,12 +317,9 @@ impl Agent {
             Kind::Gauge,
             "Growth of a leak suspect's live bytes (at most --metrics-top-sites per process).",
         );
-        for (traced, pid) in targets.iter().zip(&pids) {
+        for ((traced, verdicts), pid) in targets.iter().zip(&suspects).zip(&pids) {
             let sites = traced.analysis.sites();
-            let suspects = traced
-                .analysis
-                .leak_suspects(&traced.analysis.live_summaries());
-            for verdict in suspects.iter().take(top) {
+            for verdict in verdicts.iter().take(top) {
                 let site = &sites[verdict.site as usize];
                 site_sample(&mut out, pid, site, verdict.growth_bytes_per_s);
             }

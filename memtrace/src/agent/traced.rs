@@ -70,6 +70,9 @@ pub struct Traced {
     pub goroutines_at_tick: u64,
     /// The last counters read, for metrics between ticks.
     pub stats: TargetStats,
+    /// The binary's load bias as last read (per second, not per event: a PIE binary whose
+    /// mapping is not found yet would cost a read of /proc/PID/maps per event).
+    load_bias: u64,
 }
 
 impl Traced {
@@ -114,6 +117,7 @@ impl Traced {
             records_at_tick: 0,
             goroutines_at_tick: 0,
             stats: TargetStats::ZERO,
+            load_bias: bias,
             target,
         })
     }
@@ -177,12 +181,9 @@ impl Traced {
                 created.stack = Some(stacks.get(id));
             }
         }
-        let bias = self.target.load_bias();
-        self.analysis.event(&event, bias);
+        self.analysis.event(&event, self.load_bias);
         if let Some(recording) = self.recording.as_mut() {
-            let recorder = recording.recorder();
-            recorder.load_bias(bias);
-            recorder.event(&event);
+            recording.recorder().event(&event);
         }
     }
 
@@ -194,6 +195,13 @@ impl Traced {
     fn record(&mut self, entry: &Entry) {
         if let Some(recording) = self.recording.as_mut() {
             recording.recorder().entry(entry);
+        }
+    }
+
+    /// Before a batch of events: the recording learns the load bias they are relative to.
+    pub fn before_drain(&mut self) {
+        if let Some(recording) = self.recording.as_mut() {
+            recording.recorder().load_bias(self.load_bias);
         }
     }
 
@@ -214,6 +222,7 @@ impl Traced {
 
     /// Reads the counters; records them and flushes the recording.
     pub fn refresh_stats(&mut self, tracer: &Tracer, global_counters: &[u64]) {
+        self.load_bias = self.target.load_bias();
         if let Ok(stats) = tracer.stats(self.pid()) {
             self.stats = stats;
         }
